@@ -1,0 +1,132 @@
+"""Parametrizations of a width-m model and its loss, dense and implicit.
+
+Every parametrization maps its parameters W to the canonical form (coeffs (m,), factors (m, d))
+with T(W) = sum_i coeffs_i factors_i^{(x)l}:
+
+  cp           W = {coeffs c (m,), factors u (m, d)}   -> (c, u)
+  power        W = {factors w (m, d)}, fixed signs s    -> (s, w)
+  homogeneous  W = {factors w (m, d)}, fixed signs s    -> (s ||w||^2, w / ||w||)
+
+Loss: L(W) = 1/2 ||T(W) - T*||_F^2 + reg/2 ||W||_F^2, with a component mask so padded
+components contribute nothing (neither to T nor to the regularizer).
+"""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from overparam import tensors
+
+PARAMETRIZATIONS = ('cp', 'power', 'homogeneous')
+LOSSES = ('dense', 'implicit')
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Static description of the model and its loss (hashable: a jit static argument)."""
+  order: int
+  parametrization: str = 'cp'
+  loss: str = 'implicit'
+  reg: float = 0.0
+
+  def __post_init__(self):
+    if self.order < 2:
+      raise ValueError(f'order must be >= 2, got {self.order}')
+    if self.parametrization not in PARAMETRIZATIONS:
+      raise ValueError(f'parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}')
+    if self.loss not in LOSSES:
+      raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
+
+
+def init_params(key, parametrization: str, width: int, dim: int, scale: float, dtype=jnp.float32):
+  """Random init of `width` components; component i is drawn from fold_in(key, i) alone.
+
+  Factors are `scale` times a uniform direction on S^{d-1}; cp coefficients start at `scale`.
+  A width-m init is therefore the first m rows of any wider init with the same key.
+  """
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(width))
+  g = jax.vmap(lambda k: jax.random.normal(k, (dim,), dtype))(keys)
+  factors = scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+  if parametrization == 'cp':
+    return {'coeffs': jnp.full((width,), scale, dtype), 'factors': factors}
+  return {'factors': factors}
+
+
+def canonical(params, parametrization: str, signs: jax.Array):
+  """Maps W to (coeffs (m,), factors (m, d)). `signs` (m,) is used by power and homogeneous."""
+  w = params['factors']
+  if parametrization == 'cp':
+    return params['coeffs'], w
+  if parametrization == 'power':
+    return signs.astype(w.dtype), w
+  if parametrization == 'homogeneous':
+    sq = jnp.sum(w * w, axis=-1)
+    # Double where: a zero component gets direction 0 (its coefficient sq is 0 anyway) and a
+    # finite gradient; a single where or max() would let 0 * inf = nan into the backward pass.
+    ok = sq > jnp.sqrt(jnp.finfo(w.dtype).tiny)
+    inv = jnp.where(ok, jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+    return signs.astype(w.dtype) * sq, w * inv[:, None]
+  raise ValueError(f'unknown parametrization {parametrization!r}')
+
+
+def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str) -> jax.Array:
+  """1/2 ||T(coeffs, factors) - T*||_F^2, dense (O(m d^l)) or implicit (O(m^2 d + m r d))."""
+  chex.assert_rank([coeffs, factors], [1, 2])
+  if loss == 'implicit':
+    if not target.factored:
+      raise ValueError('the implicit loss needs a factored target (no file, no noise); use loss=dense')
+    a, cs = target.factors, target.coeffs
+    sq = (tensors.cp_inner(coeffs, factors, coeffs, factors, order)
+          - 2.0 * tensors.cp_inner(coeffs, factors, cs, a, order)
+          + tensors.cp_inner(cs, a, cs, a, order))
+    return 0.5 * sq
+  t_star = target.dense if target.dense is not None else tensors.dense_cp(target.coeffs, target.factors, order)
+  return 0.5 * jnp.sum((tensors.dense_cp(coeffs, factors, order) - t_star) ** 2)
+
+
+def regularizer(params, mask: jax.Array) -> jax.Array:
+  """1/2 sum_i mask_i ||W_i||^2 over every parameter array (leading axis = component)."""
+  per_comp = sum(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1) for x in jax.tree.leaves(params))
+  return 0.5 * jnp.sum(mask * per_comp)
+
+
+def objective(params, signs, mask, target: tensors.Target, spec: Spec):
+  """Returns (L(W), data loss). mask (m,) in {0, 1} switches components off (padding)."""
+  coeffs, factors = canonical(params, spec.parametrization, signs)
+  dl = data_loss(coeffs * mask, factors, target, spec.order, spec.loss)
+  total = dl + spec.reg * regularizer(params, mask) if spec.reg else dl
+  return total, dl
+
+
+def rel_error_f64(coeffs, factors, target: tensors.Target, order: int, dense_limit: int = 1 << 24) -> float:
+  """||T - T*|| / ||T*|| evaluated on the host in float64 (numpy), for reported numbers.
+
+  Uses the dense residual when d^l <= dense_limit or the target is dense; otherwise the implicit
+  Gram form, whose float64 cancellation floor is about 1e-7 relative.
+  """
+  c = np.asarray(coeffs, np.float64)
+  v = np.asarray(factors, np.float64)
+  d = v.shape[1]
+  if target.dense is not None or d ** order <= dense_limit:
+    if target.dense is not None:
+      t_star = np.asarray(target.dense, np.float64)
+    else:
+      t_star = _np_dense(np.asarray(target.coeffs, np.float64), np.asarray(target.factors, np.float64), order)
+    t = _np_dense(c, v, order)
+    return float(np.linalg.norm(t - t_star) / np.linalg.norm(t_star))
+  cs = np.asarray(target.coeffs, np.float64)
+  a = np.asarray(target.factors, np.float64)
+  star = cs @ (a @ a.T) ** order @ cs
+  sq = c @ (v @ v.T) ** order @ c - 2.0 * c @ (v @ a.T) ** order @ cs + star
+  return float(np.sqrt(max(sq, 0.0) / star))
+
+
+def _np_dense(c, v, order):
+  m, d = v.shape
+  kr = v
+  for _ in range(order - 2):
+    kr = (kr[:, :, None] * v[:, None, :]).reshape(m, -1)
+  return ((c[:, None] * v).T @ kr).reshape((d,) * order)

@@ -1,0 +1,179 @@
+"""Symmetric CP tensors: dense construction, implicit inner products, ground truths.
+
+A symmetric CP tensor of order l is T = sum_i c_i v_i^{(x)l} with coeffs c (m,) and factors V (m, d).
+Inner products never need the dense (d,)*l array: <u^{(x)l}, w^{(x)l}> = (u . w)^l, so
+<T(c, V), T(c', V')> = c^T (V V'^T)^{.l} c'.
+"""
+
+import itertools
+import os
+from typing import NamedTuple, Optional, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TARGET_KINDS = ('random_unit', 'orthonormal', 'coherent', 'file')
+
+
+class TargetError(ValueError):
+  """A target that cannot be built or loaded; the message names the config field."""
+
+
+class Target(NamedTuple):
+  """Ground truth T*. A pytree: fields that are None are absent.
+
+  coeffs (r,), factors (r, d): the CP structure, when known.
+  dense (d,)*l: the dense tensor, when the target is not exactly the CP tensor
+    (a file, or added noise); when both are given, `dense` is the target and the CP
+    structure is what recovery metrics compare against.
+  """
+  coeffs: Optional[jax.Array] = None
+  factors: Optional[jax.Array] = None
+  dense: Optional[jax.Array] = None
+
+  @property
+  def factored(self) -> bool:
+    """True when T* is exactly sum_j coeffs_j factors_j^{(x)l} (the implicit loss applies)."""
+    return self.dense is None and self.factors is not None
+
+
+def dense_cp(coeffs: jax.Array, factors: jax.Array, order: int) -> jax.Array:
+  """sum_i coeffs_i factors_i^{(x)order}.  coeffs (m,), factors (m, d) -> (d,)*order.
+
+  Lowered as one matmul: (c * V)^T (m, d) against the row-wise Khatri-Rao power
+  V^{(.)(l-1)} (m, d^{l-1}), so the O(m d^l) work is a single GEMM.
+  """
+  chex.assert_rank([coeffs, factors], [1, 2])
+  chex.assert_equal_shape_prefix([coeffs, factors], 1)
+  if order < 2:
+    raise ValueError(f'order must be >= 2, got {order}')
+  m, d = factors.shape
+  kr = factors
+  for _ in range(order - 2):
+    kr = (kr[:, :, None] * factors[:, None, :]).reshape(m, -1)
+  flat = (coeffs[:, None] * factors).T @ kr
+  return flat.reshape((d,) * order)
+
+
+def cp_inner(coeffs1, factors1, coeffs2, factors2, order: int) -> jax.Array:
+  """<T(c1, V1), T(c2, V2)> = c1^T (V1 V2^T)^{.order} c2, never forming a d^l array."""
+  return coeffs1 @ ((factors1 @ factors2.T) ** order) @ coeffs2
+
+
+def symmetrize(t: jax.Array) -> jax.Array:
+  """Average of t over all permutations of its axes (the projection onto symmetric tensors)."""
+  perms = list(itertools.permutations(range(t.ndim)))
+  return sum(jnp.transpose(t, p) for p in perms) / len(perms)
+
+
+def _unit_rows(x):
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def random_unit(key, rank: int, dim: int, dtype=jnp.float32) -> jax.Array:
+  """(rank, dim) i.i.d. uniform on the unit sphere."""
+  return _unit_rows(jax.random.normal(key, (rank, dim), dtype))
+
+
+def orthonormal(key, rank: int, dim: int, dtype=jnp.float32) -> jax.Array:
+  """(rank, dim) orthonormal rows, a uniformly random frame (QR of a Gaussian matrix)."""
+  if rank > dim:
+    raise TargetError(f'config.rank must be <= dim for orthonormal targets, got rank={rank} > d={dim}')
+  q, r = jnp.linalg.qr(jax.random.normal(key, (dim, rank), dtype))
+  return (q * jnp.sign(jnp.diagonal(r))).T
+
+
+def coherent(key, rank: int, dim: int, coherence: float, dtype=jnp.float32) -> jax.Array:
+  """(rank, dim) unit rows with every pairwise inner product exactly `coherence` in [0, 1).
+
+  a_j = sqrt(mu) q_0 + sqrt(1 - mu) q_j for an orthonormal frame q_0..q_r (needs d >= r + 1).
+  """
+  if not 0.0 <= coherence < 1.0:
+    raise TargetError(f'config.target.coherence must be in [0, 1), got {coherence}')
+  if rank + 1 > dim:
+    raise TargetError(f'config.rank must be <= d - 1 for coherent targets, got rank={rank}, d={dim}')
+  q = orthonormal(key, rank + 1, dim, dtype)
+  return jnp.sqrt(coherence) * q[:1] + jnp.sqrt(1.0 - coherence) * q[1:]
+
+
+def make_target(key, kind: str, order: int, dim: int, rank: int, *,
+                weights: Sequence[float] = (), coherence: float = 0.0, noise: float = 0.0,
+                dense: Optional[np.ndarray] = None, dtype=jnp.float32) -> Target:
+  """Builds T* for one seed. `key` drives the factors; noise uses fold_in(key, 1).
+
+  kind: one of TARGET_KINDS; 'file' takes the already validated `dense` array.
+  weights: c*_j, length rank (empty: all ones). noise: Gaussian noise, symmetrized and scaled
+  to `noise * ||T*||_F`, added to the dense target.
+  """
+  if kind == 'file':
+    if dense is None:
+      raise TargetError('config.target.path must name a .npy file for target.kind=file')
+    t = Target(dense=jnp.asarray(dense, dtype))
+  else:
+    if kind == 'random_unit':
+      a = random_unit(key, rank, dim, dtype)
+    elif kind == 'orthonormal':
+      a = orthonormal(key, rank, dim, dtype)
+    elif kind == 'coherent':
+      a = coherent(key, rank, dim, coherence, dtype)
+    else:
+      raise TargetError(f'config.target.kind must be one of {TARGET_KINDS}, got {kind!r}')
+    if weights:
+      if len(weights) != rank:
+        raise TargetError(f'config.target.weights must have length rank={rank}, got {len(weights)}')
+      c = jnp.asarray(weights, dtype)
+    else:
+      c = jnp.ones((rank,), dtype)
+    t = Target(coeffs=c, factors=a)
+  if noise:
+    clean = t.dense if t.dense is not None else dense_cp(t.coeffs, t.factors, order)
+    n = symmetrize(jax.random.normal(jax.random.fold_in(key, 1), (dim,) * order, dtype))
+    noisy = clean + noise * jnp.linalg.norm(clean) / jnp.linalg.norm(n) * n
+    t = t._replace(dense=noisy)
+  return t
+
+
+def target_sq_norm(target: Target, order: int) -> jax.Array:
+  """||T*||_F^2."""
+  if target.dense is not None:
+    return jnp.sum(target.dense ** 2)
+  return cp_inner(target.coeffs, target.factors, target.coeffs, target.factors, order)
+
+
+def load_target_file(path: str, order: int, dims: Sequence[int], sym_tol: float = 1e-5) -> np.ndarray:
+  """Loads and validates a user's dense symmetric target (.npy of shape (d,)*order).
+
+  Raises TargetError naming config.target.path and what is wrong: missing or unreadable file,
+  not a numeric array, wrong order or shape, non-finite entries, or asymmetry beyond
+  sym_tol * max|T|.
+  """
+  field = 'config.target.path'
+  if not path:
+    raise TargetError(f'{field} must name a .npy file for target.kind=file')
+  if not os.path.isfile(path):
+    raise TargetError(f'{field}: no such file {path!r}')
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except Exception as e:  # noqa: BLE001 - any failure to parse is the same user error
+    raise TargetError(f'{field}: cannot read {path!r} as a .npy array ({type(e).__name__})') from None
+  if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+    raise TargetError(f'{field}: {path!r} must hold a real numeric array, got dtype {getattr(arr, "dtype", type(arr))}')
+  if arr.ndim != order:
+    raise TargetError(f'{field}: array has order {arr.ndim}, config.order is {order}')
+  if len(set(arr.shape)) != 1:
+    raise TargetError(f'{field}: array must have shape (d,)*{order}, got {arr.shape}')
+  if tuple(dims) != (arr.shape[0],):
+    raise TargetError(f'{field}: array has d={arr.shape[0]}, config.dims must be ({arr.shape[0]},), got {tuple(dims)}')
+  if not np.all(np.isfinite(arr)):
+    raise TargetError(f'{field}: array has {int(np.sum(~np.isfinite(arr)))} non-finite entries')
+  scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny)
+  for k in range(order - 1):  # adjacent transpositions generate all permutations
+    perm = list(range(order))
+    perm[k], perm[k + 1] = perm[k + 1], perm[k]
+    gap = float(np.max(np.abs(arr - arr.transpose(perm)))) / scale
+    if gap > sym_tol:
+      raise TargetError(f'{field}: array is not symmetric (relative gap {gap:.2e} under swapping axes '
+                        f'{k} and {k + 1}, tolerance {sym_tol:.0e})')
+  return arr.astype(np.float64)

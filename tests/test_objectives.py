@@ -1,0 +1,124 @@
+"""Parametrizations and the loss: dense == implicit (value and gradient), finite differences."""
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam import objectives, tensors
+
+from tests.test_tensors import np_outer_cp
+
+
+def _problem(order, parametrization, m=4, d=5, r=3, seed=0):
+  key = jax.random.PRNGKey(seed)
+  params = objectives.init_params(jax.random.fold_in(key, 1), parametrization, m, d, 0.7, jnp.float64)
+  # perturb so cp coefficients are not all equal
+  params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.fold_in(key, 2), x.shape, x.dtype),
+                        params)
+  signs = jnp.array([1.0, -1.0, 1.0, 1.0])[:m]
+  target = tensors.make_target(jax.random.fold_in(key, 3), 'random_unit', order, d, r,
+                               weights=(1.0, 2.0, 0.5)[:r], dtype=jnp.float64)
+  return params, signs, target
+
+
+@pytest.mark.parametrize('order', [2, 3, 4, 5])
+@pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
+def test_dense_and_implicit_agree_value_and_grad(order, parametrization):
+  params, signs, target = _problem(order, parametrization)
+  mask = jnp.array([1.0, 1.0, 1.0, 0.0])
+  vals = {}
+  for loss in objectives.LOSSES:
+    spec = objectives.Spec(order, parametrization, loss, reg=0.1)
+    f = lambda p: objectives.objective(p, signs, mask, target, spec)[0]
+    vals[loss] = jax.value_and_grad(f)(params)
+  (vd, gd), (vi, gi) = vals['dense'], vals['implicit']
+  np.testing.assert_allclose(float(vd), float(vi), rtol=1e-10)
+  for a, b in zip(jax.tree.leaves(gd), jax.tree.leaves(gi)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
+def test_canonical_reproduces_model_tensor(parametrization):
+  """The canonical export rebuilds, with a numpy oracle, the tensor the parametrization defines."""
+  order = 3
+  params, signs, _ = _problem(order, parametrization)
+  c, v = objectives.canonical(params, parametrization, signs)
+  w = np.asarray(params['factors'])
+  if parametrization == 'cp':
+    want = np_outer_cp(np.asarray(params['coeffs']), w, order)
+  elif parametrization == 'power':
+    want = np_outer_cp(np.asarray(signs), w, order)
+  else:  # s_i ||w_i||^2 (w_i / ||w_i||)^{(x)l} == s_i ||w_i||^{2-l} w_i^{(x)l}
+    nrm = np.linalg.norm(w, axis=1)
+    want = np_outer_cp(np.asarray(signs) * nrm ** (2 - order), w, order)
+  np.testing.assert_allclose(np.asarray(tensors.dense_cp(c, v, order)), want, rtol=1e-11, atol=1e-13)
+
+
+def test_homogeneous_is_two_homogeneous_and_safe_at_zero():
+  params, signs, target = _problem(3, 'homogeneous')
+  c1, v1 = objectives.canonical(params, 'homogeneous', signs)
+  c2, v2 = objectives.canonical(jax.tree.map(lambda x: 3.0 * x, params), 'homogeneous', signs)
+  np.testing.assert_allclose(np.asarray(tensors.dense_cp(c2, v2, 3)),
+                             9.0 * np.asarray(tensors.dense_cp(c1, v1, 3)), rtol=1e-12)
+  zero = {'factors': params['factors'].at[0].set(0.0)}
+  spec = objectives.Spec(3, 'homogeneous', 'implicit', reg=0.1)
+  g = jax.grad(lambda p: objectives.objective(p, signs, jnp.ones(4), target, spec)[0])(zero)
+  assert np.all(np.isfinite(np.asarray(g['factors'])))
+  np.testing.assert_allclose(np.asarray(g['factors'][0]), 0.0, atol=1e-300)
+
+
+@pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
+@pytest.mark.parametrize('loss', objectives.LOSSES)
+def test_gradient_matches_central_differences(parametrization, loss):
+  order = 3
+  params, signs, target = _problem(order, parametrization, seed=4)
+  spec = objectives.Spec(order, parametrization, loss, reg=0.05)
+  mask = jnp.ones(4)
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  f = lambda x: float(objectives.objective(unravel(jnp.asarray(x)), signs, mask, target, spec)[0])
+  g = np.asarray(jax.flatten_util.ravel_pytree(
+      jax.grad(lambda p: objectives.objective(p, signs, mask, target, spec)[0])(params))[0])
+  x0, h = np.asarray(flat), 1e-6
+  fd = np.array([(f(x0 + h * e) - f(x0 - h * e)) / (2 * h) for e in np.eye(x0.size)])
+  np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_mask_drops_components_exactly():
+  params, signs, target = _problem(3, 'cp')
+  spec = objectives.Spec(3, 'cp', 'implicit', reg=0.2)
+  mask = jnp.array([1.0, 1.0, 0.0, 0.0])
+  full = objectives.objective(params, signs, mask, target, spec)[0]
+  head = jax.tree.map(lambda x: x[:2], params)
+  np.testing.assert_allclose(float(full), float(objectives.objective(head, signs[:2], jnp.ones(2), target, spec)[0]),
+                             rtol=1e-13)
+
+
+def test_init_prefix_property():
+  key = jax.random.PRNGKey(7)
+  small = objectives.init_params(key, 'cp', 3, 6, 0.5, jnp.float64)
+  wide = objectives.init_params(key, 'cp', 8, 6, 0.5, jnp.float64)
+  for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(wide)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b)[:3], rtol=1e-15, atol=1e-16)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(wide['factors']), axis=1), 0.5, rtol=1e-12)
+
+
+@pytest.mark.parametrize('order', [3, 4])
+def test_rel_error_f64_dense_and_implicit_paths_agree(order):
+  params, signs, target = _problem(order, 'cp')
+  c, v = objectives.canonical(params, 'cp', signs)
+  dense = objectives.rel_error_f64(c, v, target, order)
+  implicit = objectives.rel_error_f64(c, v, target, order, dense_limit=0)
+  want = np.linalg.norm(np_outer_cp(np.asarray(c), np.asarray(v), order)
+                        - np_outer_cp(np.asarray(target.coeffs), np.asarray(target.factors), order))
+  want /= np.linalg.norm(np_outer_cp(np.asarray(target.coeffs), np.asarray(target.factors), order))
+  np.testing.assert_allclose(dense, want, rtol=1e-12)
+  np.testing.assert_allclose(implicit, want, rtol=1e-9)
+
+
+def test_implicit_loss_refuses_dense_target():
+  params, signs, target = _problem(3, 'cp')
+  dense_target = tensors.Target(dense=tensors.dense_cp(target.coeffs, target.factors, 3))
+  with pytest.raises(ValueError, match='factored'):
+    objectives.objective(params, signs, jnp.ones(4), dense_target, objectives.Spec(3, 'cp', 'implicit'))

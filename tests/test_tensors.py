@@ -1,0 +1,155 @@
+"""Symmetric CP tensors, implicit inner products and target generators against numpy."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from overparam import tensors
+
+
+def np_outer_cp(c, v, order):
+  """Independent oracle: sum_i c_i v_i (x) ... (x) v_i with explicit outer products."""
+  out = 0.0
+  for ci, vi in zip(c, v):
+    t = vi
+    for _ in range(order - 1):
+      t = np.multiply.outer(t, vi)
+    out = out + ci * t
+  return out
+
+
+@pytest.mark.parametrize('order', [2, 3, 4, 5])
+def test_dense_cp_matches_outer_product_loop(order):
+  rng = np.random.default_rng(order)
+  m, d = 4, 5
+  c, v = rng.normal(size=m), rng.normal(size=(m, d))
+  got = np.asarray(tensors.dense_cp(jnp.asarray(c), jnp.asarray(v), order))
+  np.testing.assert_allclose(got, np_outer_cp(c, v, order), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('order', [2, 3, 4])
+def test_cp_inner_matches_dense_inner(order):
+  rng = np.random.default_rng(10 + order)
+  c1, v1 = rng.normal(size=3), rng.normal(size=(3, 4))
+  c2, v2 = rng.normal(size=5), rng.normal(size=(5, 4))
+  want = np.sum(np_outer_cp(c1, v1, order) * np_outer_cp(c2, v2, order))
+  got = float(tensors.cp_inner(*map(jnp.asarray, (c1, v1, c2, v2)), order))
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_dense_cp_rejects_bad_shapes():
+  with pytest.raises(AssertionError):
+    tensors.dense_cp(jnp.ones((3,)), jnp.ones((4, 5)), 3)
+  with pytest.raises(ValueError, match='order'):
+    tensors.dense_cp(jnp.ones((3,)), jnp.ones((3, 5)), 1)
+
+
+def test_symmetrize_is_projection():
+  x = np.random.default_rng(0).normal(size=(3, 3, 3))
+  s = np.asarray(tensors.symmetrize(jnp.asarray(x)))
+  np.testing.assert_allclose(s, s.transpose(1, 0, 2), atol=1e-14)
+  np.testing.assert_allclose(s, s.transpose(2, 1, 0), atol=1e-14)
+  np.testing.assert_allclose(np.asarray(tensors.symmetrize(jnp.asarray(s))), s, atol=1e-14)
+  assert not np.allclose(s, x)
+
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize('gen', [tensors.random_unit, tensors.orthonormal,
+                                 functools.partial(tensors.coherent, coherence=0.3)])
+def test_generators_unit_and_deterministic(gen):
+  a = np.asarray(gen(KEY, 4, 9, dtype=jnp.float64))
+  assert a.shape == (4, 9)
+  np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-12)
+  np.testing.assert_array_equal(a, np.asarray(gen(KEY, 4, 9, dtype=jnp.float64)))
+  assert not np.allclose(a, np.asarray(gen(jax.random.PRNGKey(1), 4, 9, dtype=jnp.float64)))
+
+
+def test_orthonormal_is_exactly_orthonormal():
+  a = np.asarray(tensors.orthonormal(KEY, 5, 7, dtype=jnp.float64))
+  np.testing.assert_allclose(a @ a.T, np.eye(5), atol=1e-13)
+  with pytest.raises(tensors.TargetError, match='config.rank'):
+    tensors.orthonormal(KEY, 8, 7)
+
+
+@pytest.mark.parametrize('mu', [0.0, 0.3, 0.9])
+def test_coherent_has_requested_coherence(mu):
+  a = np.asarray(tensors.coherent(KEY, 4, 10, mu, dtype=jnp.float64))
+  g = a @ a.T
+  np.testing.assert_allclose(g[~np.eye(4, dtype=bool)], mu, atol=1e-12)
+  with pytest.raises(tensors.TargetError, match='coherence'):
+    tensors.coherent(KEY, 4, 10, 1.0)
+
+
+def test_make_target_weights_and_noise():
+  t = tensors.make_target(KEY, 'random_unit', 3, 6, 3, weights=(3.0, 2.0, 1.0), dtype=jnp.float64)
+  np.testing.assert_array_equal(np.asarray(t.coeffs), [3.0, 2.0, 1.0])
+  assert t.factored and t.dense is None
+  clean = tensors.dense_cp(t.coeffs, t.factors, 3)
+  np.testing.assert_allclose(float(tensors.target_sq_norm(t, 3)), float(jnp.sum(clean ** 2)), rtol=1e-12)
+  noisy = tensors.make_target(KEY, 'random_unit', 3, 6, 3, weights=(3.0, 2.0, 1.0), noise=0.1,
+                              dtype=jnp.float64)
+  assert not noisy.factored
+  np.testing.assert_array_equal(np.asarray(noisy.factors), np.asarray(t.factors))
+  n = np.asarray(noisy.dense - clean)
+  np.testing.assert_allclose(np.linalg.norm(n) / np.linalg.norm(clean), 0.1, rtol=1e-10)
+  np.testing.assert_allclose(n, n.transpose(1, 2, 0), atol=1e-14)
+  with pytest.raises(tensors.TargetError, match='weights'):
+    tensors.make_target(KEY, 'random_unit', 3, 6, 3, weights=(1.0,))
+  with pytest.raises(tensors.TargetError, match='target.kind'):
+    tensors.make_target(KEY, 'gaussian', 3, 6, 3)
+
+
+def _save(tmp_path, name, arr):
+  p = tmp_path / name
+  np.save(p, arr)
+  return str(p)
+
+
+def test_load_target_file_accepts_symmetric(tmp_path):
+  t = np_outer_cp(np.ones(2), np.random.default_rng(0).normal(size=(2, 4)), 3)
+  got = tensors.load_target_file(_save(tmp_path, 'ok.npy', t), 3, (4,))
+  np.testing.assert_array_equal(got, t)
+
+
+@pytest.mark.parametrize('case, match', [
+    ('missing', 'no such file'),
+    ('garbage', 'cannot read'),
+    ('strings', 'real numeric'),
+    ('order', 'order 2'),
+    ('nonsquare', 'shape'),
+    ('dims', 'config.dims'),
+    ('nan', 'non-finite'),
+    ('asym', 'not symmetric'),
+])
+def test_load_target_file_rejects(tmp_path, case, match):
+  sym = np_outer_cp(np.ones(2), np.random.default_rng(0).normal(size=(2, 4)), 3)
+  if case == 'missing':
+    path = str(tmp_path / 'nope.npy')
+  elif case == 'garbage':
+    path = str(tmp_path / 'garbage.npy')
+    (tmp_path / 'garbage.npy').write_bytes(b'not a numpy file')
+  elif case == 'strings':
+    path = _save(tmp_path, 's.npy', np.array(['a', 'b']))
+  elif case == 'order':
+    path = _save(tmp_path, 'o.npy', np.eye(4))
+  elif case == 'nonsquare':
+    path = _save(tmp_path, 'n.npy', np.zeros((4, 4, 3)))
+  elif case == 'dims':
+    path = _save(tmp_path, 'd.npy', sym)
+  elif case == 'nan':
+    bad = sym.copy()
+    bad[0, 0, 0] = np.nan
+    path = _save(tmp_path, 'nan.npy', bad)
+  else:
+    bad = sym.copy()
+    bad[0, 1, 2] += 1.0
+    path = _save(tmp_path, 'a.npy', bad)
+  dims = (5,) if case == 'dims' else (4,)
+  with pytest.raises(tensors.TargetError, match=match) as e:
+    tensors.load_target_file(path, 3, dims)
+  assert 'config.target.path' in str(e.value)
