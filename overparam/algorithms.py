@@ -1,0 +1,141 @@
+"""Training algorithms as pure per-run functions that the sweep engine vmaps and scans.
+
+An algorithm is a frozen (hashable) dataclass with
+  init(data)        -> RunState                     one run, unbatched
+  step(state, data) -> RunState                     one update; a finished run is frozen
+  export(state, data) -> (coeffs (B,), factors (B, d)) or None   the learned CP tensor
+  dense_model(state, data) -> (d,)*l                 for models that are not CP tensors
+`data` is a RunData: everything a run needs besides its state (keys, mask, target).
+
+Every step evaluates the loss it differentiates, so convergence (rel_error < eps) and
+divergence (non-finite loss) are detected at the step where they happen, inside the compiled
+program: a run's result never depends on how the scan is chunked or batched.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from overparam import objectives, tensors
+
+RUNNING, CONVERGED, DIVERGED = 0, 1, 2
+OPTIMIZERS = ('sgd', 'adam')
+
+
+class RunData(NamedTuple):
+  """Per-run inputs (the leading run axis is added by the sweep engine).
+
+  init_key, reinit_key: legacy uint32[2] PRNG keys. mask (B,): 1 for the run's m real components
+  of the width bucket B. signs (B,): fixed signs of power/homogeneous. width: the true m (float).
+  target: T*; target_sq: ||T*||^2.
+  """
+  init_key: jax.Array
+  reinit_key: jax.Array
+  mask: jax.Array
+  signs: jax.Array
+  width: jax.Array
+  target: tensors.Target
+  target_sq: jax.Array
+
+
+class RunState(NamedTuple):
+  params: Any
+  opt_state: Any
+  params0: Any          # W0, for movement and for the alpha-centred model
+  step: jax.Array       # updates performed
+  status: jax.Array     # RUNNING, CONVERGED or DIVERGED
+  rel_err: jax.Array    # in-loop rel_error estimate at the last finite evaluation
+  aux: Any = ()         # algorithm-specific state
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+  if name == 'sgd':
+    return optax.sgd(lr)
+  if name == 'adam':
+    return optax.adam(lr)
+  raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {name!r}')
+
+
+def guarded_update(state: RunState, loss_and_aux, grads, opt, eps: float, max_steps: int,
+                   target_sq) -> RunState:
+  """Applies one optimizer update unless the run is finished; records convergence/divergence.
+
+  loss_and_aux = (total loss, data loss 1/2||T - T*||^2 of the model being reported).
+  """
+  total, dl = loss_and_aux
+  rel = jnp.sqrt(jnp.maximum(2.0 * dl, 0.0) / target_sq)
+  running = state.status == RUNNING
+  finite = jnp.isfinite(total)
+  converged = running & finite & (rel < eps)
+  diverged = running & ~finite
+  update = running & finite & ~converged & (state.step < max_steps)
+  updates, new_opt = opt.update(grads, state.opt_state, state.params)
+  new_params = optax.apply_updates(state.params, updates)
+  pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(update, a, b), new, old)
+  return state._replace(
+      params=pick(new_params, state.params),
+      opt_state=pick(new_opt, state.opt_state),
+      step=state.step + update.astype(state.step.dtype),
+      status=jnp.where(diverged, DIVERGED, jnp.where(converged, CONVERGED, state.status)),
+      rel_err=jnp.where(running & finite, rel, state.rel_err))
+
+
+def alpha_model(params, params0, data: RunData, spec: objectives.Spec, alpha: float):
+  """Canonical form of the model T(W0) + alpha (T(W) - T(W0)) (Chizat et al.): 2B components.
+
+  With alpha = 1 it is T(W) itself (B components).
+  """
+  c, v = objectives.canonical(params, spec.parametrization, data.signs)
+  if alpha == 1.0:
+    return c * data.mask, v
+  c0, v0 = objectives.canonical(params0, spec.parametrization, data.signs)
+  return (jnp.concatenate([alpha * c * data.mask, (1.0 - alpha) * c0 * data.mask]),
+          jnp.concatenate([v, v0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class GD:
+  """Gradient descent (optax) on the nonlinear model, with optional alpha-scaling.
+
+  Minimizes 1/(2 alpha^2) ||T(W0) + alpha (T(W) - T(W0)) - T*||^2 + reg/2 ||W||^2;
+  alpha = 1 is plain GD on L(W). As alpha grows, the trained model approaches the
+  linearized (lazy) one with the same init and learning rate.
+  """
+  spec: objectives.Spec
+  dim: int
+  bucket: int
+  steps: int
+  lr: float
+  optimizer: str = 'sgd'
+  init_scale: float = 0.3
+  alpha: float = 1.0
+  eps: float = 1e-2
+  dtype: Any = jnp.float32
+
+  def _opt(self):
+    return make_optimizer(self.optimizer, self.lr)
+
+  def init(self, data: RunData) -> RunState:
+    p = objectives.init_params(data.init_key, self.spec.parametrization, self.bucket, self.dim,
+                               self.init_scale, self.dtype)
+    return RunState(params=p, opt_state=self._opt().init(p), params0=p,
+                    step=jnp.zeros((), jnp.int32), status=jnp.full((), RUNNING, jnp.int32),
+                    rel_err=jnp.full((), jnp.inf, self.dtype))
+
+  def loss(self, params, params0, data: RunData):
+    c, v = alpha_model(params, params0, data, self.spec, self.alpha)
+    dl = objectives.data_loss(c, v, data.target, self.spec.order, self.spec.loss)
+    total = dl / self.alpha ** 2
+    if self.spec.reg:
+      total = total + self.spec.reg * objectives.regularizer(params, data.mask)
+    return total, dl
+
+  def step(self, state: RunState, data: RunData) -> RunState:
+    out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, state.params0, data)
+    return guarded_update(state, out, grads, self._opt(), self.eps, self.steps, data.target_sq)
+
+  def export(self, state: RunState, data: RunData) -> Optional[tuple]:
+    return alpha_model(state.params, state.params0, data, self.spec, self.alpha)

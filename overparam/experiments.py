@@ -1,0 +1,193 @@
+"""Config -> targets -> one compiled program per (algorithm, order, d, width bucket) -> workdir.
+
+`run(config, workdir)` is the whole job: it validates, resumes from whatever the workdir already
+holds (only missing cells are computed), appends one results row per finished run, and writes
+summary.json and the figures.
+"""
+
+import os
+import subprocess
+from typing import Callable, Dict, List, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from overparam import (algorithms, analysis, config_lib, metrics, objectives, plots, results,
+                       sweep, tensors)
+
+STATUS_NAMES = {algorithms.CONVERGED: 'converged', algorithms.DIVERGED: 'diverged'}
+
+
+def seed_keys(seed: int):
+  """(target, init, reinit) keys of one seed, each derived from PRNGKey(seed) by fold_in."""
+  key = jax.random.PRNGKey(seed)
+  return tuple(jax.random.fold_in(key, i) for i in range(3))
+
+
+def dtype_of(c) -> jnp.dtype:
+  return jnp.float64 if c.x64 else jnp.float32
+
+
+def _build_gd(c, dim: int, bucket: int):
+  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg)
+  return algorithms.GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr,
+                       optimizer=c.optimizer, init_scale=c.init_scale, alpha=c.alpha,
+                       eps=c.eps, dtype=dtype_of(c))
+
+
+# name -> builder(config, dim, bucket) returning an algorithm (see algorithms.py for the protocol).
+BUILDERS = {'gd': _build_gd}
+
+
+def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int):
+  if name not in BUILDERS:
+    raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r}')
+  return BUILDERS[name](c, dim, bucket)
+
+
+def make_target(c, dim: int, seed: int, file_array: Optional[np.ndarray]) -> tensors.Target:
+  t = tensors.make_target(seed_keys(seed)[0], c.target.kind, c.order, dim, c.rank,
+                          weights=tuple(c.target.weights), coherence=c.target.coherence,
+                          noise=c.target.noise, dense=file_array, dtype=dtype_of(c))
+  return jax.tree.map(np.asarray, t)
+
+
+def signs_of(c, bucket: int) -> np.ndarray:
+  if c.signs == 'balanced':
+    return np.where(np.arange(bucket) % 2 == 0, 1.0, -1.0)
+  return np.ones(bucket)
+
+
+def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: str) -> algorithms.RunData:
+  """Host RunData for the cells (width, seed) of one program, stacked on a leading run axis."""
+  dt = np.dtype(dtype_of(c))
+  rows = []
+  for width, seed in cells:
+    t = targets[seed]
+    if loss == 'dense' and t.dense is None:  # build T* once, not at every step
+      t = t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order)))
+    _, init_key, reinit_key = seed_keys(seed)
+    rows.append(algorithms.RunData(
+        init_key=np.asarray(init_key), reinit_key=np.asarray(reinit_key),
+        mask=(np.arange(bucket) < width).astype(dt), signs=signs_of(c, bucket).astype(dt),
+        width=np.asarray(width, dt), target=t,
+        target_sq=np.asarray(tensors.target_sq_norm(jax.tree.map(jnp.asarray, targets[seed]), c.order), dt)))
+  return jax.tree.map(lambda *xs: np.stack(xs), *rows)
+
+
+def provenance() -> Dict:
+  try:
+    rev = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10,
+                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    rev = None
+  import jaxlib  # noqa: PLC0415
+  return {'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'git_revision': rev,
+          'devices': jax.device_count(), 'processes': jax.process_count(),
+          'platform': jax.devices()[0].platform}
+
+
+def _rel_error_dense(model: np.ndarray, t: tensors.Target, order: int) -> Optional[float]:
+  t_star = (np.asarray(t.dense, np.float64) if t.dense is not None
+            else objectives._np_dense(np.asarray(t.coeffs, np.float64), np.asarray(t.factors, np.float64), order))
+  return results.clean_number(np.linalg.norm(np.asarray(model, np.float64) - t_star) / np.linalg.norm(t_star))
+
+
+def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer) -> List[Dict]:
+  """One results row per cell; saves learned factors when asked.
+
+  rel_error is recomputed on the host in float64 from the exported CP tensor (or the dense model
+  for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged.
+  """
+  rows = []
+  for i, (width, seed) in enumerate(cells):
+    code = int(out.state.status[i])
+    t = targets[seed]
+    coeffs = factors = None
+    if out.exported is not None:
+      k = out.exported[0].shape[1] // bucket
+      keep = np.tile(np.arange(bucket) < width, k)
+      coeffs, factors = out.exported[0][i][keep], out.exported[1][i][keep]
+    rel = None
+    if code != algorithms.DIVERGED:
+      if coeffs is not None:
+        if np.all(np.isfinite(coeffs)) and np.all(np.isfinite(factors)):
+          rel = results.clean_number(objectives.rel_error_f64(coeffs, factors, t, c.order))
+      elif out.dense is not None and np.all(np.isfinite(out.dense[i])):
+        rel = _rel_error_dense(out.dense[i], t, c.order)
+      if rel is None:
+        code = algorithms.DIVERGED
+    if code == algorithms.DIVERGED:
+      status = 'diverged'
+    elif code == algorithms.CONVERGED or rel < c.eps:
+      status = 'converged'
+    else:
+      status = 'max_steps'
+    leaves = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params))
+    leaves0 = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params0))
+    row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': c.rank, 'width': width,
+           'seed': seed, 'rel_error': rel, 'status': status, 'steps': int(out.state.step[i]),
+           'movement': results.clean_number(metrics.movement(leaves, leaves0, width)),
+           'recovered_fraction': None, 'params_file': None, 'wall_s': round(out.wall_s, 3),
+           'batch_runs': len(cells), 'bucket': bucket}
+    row.update({k: results.clean_number(v[i]) for k, v in out.extras.items()})
+    if coeffs is not None and rel is not None:
+      if t.factors is not None:
+        row.update(metrics.recovery(coeffs, factors, t.coeffs, t.factors, c.order))
+      if c.save_params:
+        name = f'{alg_name}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
+        if is_writer:
+          results.save_npz_atomic(os.path.join(wd.params_dir, name), coeffs=coeffs, factors=factors)
+        row['params_file'] = os.path.join('params', name)
+    rows.append(row)
+  return rows
+
+
+def run(c: ml_collections.ConfigDict, workdir: str,
+        on_chunk: Optional[Callable[[int], None]] = None) -> Dict:
+  """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary."""
+  config_lib.validate(c)
+  file_array = None
+  if c.target.kind == 'file':
+    file_array = tensors.load_target_file(c.target.path, c.order, c.dims)
+  is_writer = jax.process_index() == 0
+  wd = results.Workdir(workdir)
+  resolved = c.to_dict()
+  wd.check_config(resolved)
+  if is_writer:
+    wd.prepare()
+    wd.write_config({**resolved, 'provenance': provenance()})
+  rows = wd.load_results()
+  done = {results.cell_id(r) for r in rows}
+  seeds = [c.seed + s for s in range(c.num_seeds)]
+  loss = config_lib.resolve_loss(c)
+  for dim in c.dims:
+    targets = {s: make_target(c, dim, s, file_array) for s in seeds}
+    for alg_name in c.algorithms:
+      for bucket_ws in sweep.bucket_widths(c.widths):
+        bucket = max(bucket_ws)
+        cells = [(m, s) for m in bucket_ws for s in seeds
+                 if (alg_name, c.order, dim, c.rank, m, s) not in done]
+        if not cells:
+          continue
+        alg = build_algorithm(alg_name, c, dim, bucket)
+        label = f'{alg_name} l={c.order} d={dim} widths={bucket_ws}'
+        ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}_l{c.order}_d{dim}_B{bucket}.npz')
+        out = sweep.run_program(
+            alg, run_data(c, cells, targets, bucket, loss), cells, chunk_steps=min(c.chunk_steps, c.steps),
+            checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
+            label=label, on_chunk=on_chunk)
+        new = finalize(c, alg_name, dim, cells, bucket, out, targets, wd, is_writer)
+        if is_writer:
+          wd.append_results(new)
+          sweep.remove_checkpoint(ckpt)
+        rows.extend(new)
+        logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
+  summary = analysis.summarize(rows, c.eps)
+  if is_writer:
+    results.write_json_atomic(wd.summary_path, summary)
+    plots.draw_all(rows, c.eps, wd.figures_dir)
+  return summary

@@ -1,0 +1,42 @@
+"""Recovery and laziness metrics of a learned CP tensor against a factored truth (host, float64)."""
+
+from typing import Dict, Sequence
+
+import numpy as np
+
+RECOVERED_COS = 0.99
+
+
+def recovery(coeffs, factors, true_coeffs, true_factors, order: int, active_tol: float = 1e-3) -> Dict:
+  """Compares learned components with the true ones.
+
+  coeffs (m,), factors (m, d): learned T = sum_i coeffs_i factors_i^{(x)l}; true_* likewise (r,), (r, d).
+  Component i contributes weight |coeffs_i| ||v_i||^l in direction v_i / ||v_i||. Returns
+  max_cos[j] = max_i |cos(v_i, a_j)|; aligned_weight[j] = summed weight of the components whose
+  best match is a_j with |cos| > 0.99; recovered_fraction = share of a_j with max_cos > 0.99;
+  active_components = number of components with weight > active_tol * max_j |c*_j|.
+  """
+  c = np.asarray(coeffs, np.float64)
+  v = np.asarray(factors, np.float64)
+  a = np.asarray(true_factors, np.float64)
+  cs = np.asarray(true_coeffs, np.float64)
+  norms = np.linalg.norm(v, axis=1)
+  unit_v = v / np.maximum(norms, np.finfo(np.float64).tiny)[:, None]
+  cos = np.abs(unit_v @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T)  # (m, r)
+  weight = np.abs(c) * norms ** order
+  max_cos = cos.max(axis=0) if cos.shape[0] else np.zeros(a.shape[0])
+  best, good = cos.argmax(axis=1), cos.max(axis=1) > RECOVERED_COS
+  aligned = [float(weight[(best == j) & good].sum()) for j in range(a.shape[0])]
+  return {
+      'max_cos': [float(x) for x in max_cos],
+      'aligned_weight': aligned,
+      'recovered_fraction': float(np.mean(max_cos > RECOVERED_COS)),
+      'active_components': int(np.sum(weight > active_tol * np.max(np.abs(cs)))),
+  }
+
+
+def movement(params: Sequence, params0: Sequence, width: int) -> float:
+  """||W - W0|| / ||W0|| over the first `width` components of every parameter array."""
+  num = sum(float(np.sum((np.asarray(p)[:width] - np.asarray(q)[:width]) ** 2)) for p, q in zip(params, params0))
+  den = sum(float(np.sum(np.asarray(q)[:width] ** 2)) for q in params0)
+  return float(np.sqrt(num / den)) if den > 0 else float('nan')

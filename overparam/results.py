@@ -1,0 +1,142 @@
+"""The workdir store: config.json, results.jsonl, params/*.npz, summary.json, checkpoints.
+
+Every file is written whole or not at all (temporary file, fsync, rename); results.jsonl grows by
+appends of complete lines in one write followed by fsync, and a torn last line (a crash inside the
+write) is dropped on load, so a re-run recomputes that cell.
+"""
+
+import json
+import math
+import os
+from typing import Dict, Iterable, List
+
+import numpy as np
+
+CELL_KEYS = ('algorithm', 'order', 'dim', 'rank', 'width', 'seed')
+# config.json fields that record the environment rather than the experiment.
+VOLATILE_KEYS = ('provenance',)
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot be used; the message names --workdir."""
+
+
+def cell_id(row: Dict) -> tuple:
+  return tuple(row[k] for k in CELL_KEYS)
+
+
+def _fsync_dir(path: str):
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_atomic(path: str, data: bytes):
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_json_atomic(path: str, obj):
+  write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + '\n').encode())
+
+
+def save_npz_atomic(path: str, **arrays):
+  tmp = f'{path}.tmp.{os.getpid()}.npz'
+  np.savez(tmp, **arrays)
+  with open(tmp, 'rb') as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def clean_number(x):
+  """float for JSON; None for nan/inf (a diverged number is never reported as a number)."""
+  if x is None:
+    return None
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+class Workdir:
+  """A directory holding one experiment's config and results."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.results_path = os.path.join(path, 'results.jsonl')
+    self.config_path = os.path.join(path, 'config.json')
+    self.summary_path = os.path.join(path, 'summary.json')
+    self.params_dir = os.path.join(path, 'params')
+    self.figures_dir = os.path.join(path, 'figures')
+    self.ckpt_dir = os.path.join(path, 'checkpoints')
+
+  def prepare(self):
+    """Creates the directories; raises WorkdirError if the path cannot be written."""
+    try:
+      for d in (self.path, self.params_dir, self.figures_dir, self.ckpt_dir):
+        os.makedirs(d, exist_ok=True)
+      probe = os.path.join(self.path, f'.write_probe.{os.getpid()}')
+      with open(probe, 'w') as f:
+        f.write('ok')
+      os.remove(probe)
+    except OSError as e:
+      raise WorkdirError(f'--workdir {self.path!r} cannot be written ({e.strerror or e})') from None
+
+  def check_config(self, config: Dict):
+    """Refuses a workdir holding a different experiment; volatile provenance is ignored."""
+    if not os.path.exists(self.config_path):
+      return
+    try:
+      with open(self.config_path) as f:
+        old = json.load(f)
+    except (OSError, ValueError):
+      raise WorkdirError(f'--workdir {self.path!r}: config.json is unreadable; use a new workdir') from None
+    strip = lambda c: {k: v for k, v in c.items() if k not in VOLATILE_KEYS}
+    config = json.loads(json.dumps(config))  # tuples -> lists, as stored
+    if strip(old) != strip(config):
+      diff = sorted(k for k in set(old) | set(config) if k not in VOLATILE_KEYS and old.get(k) != config.get(k))
+      raise WorkdirError(f'--workdir {self.path!r} holds a different config (fields differ: '
+                         f'{", ".join(diff)}); use a new workdir')
+
+  def write_config(self, config: Dict):
+    write_json_atomic(self.config_path, config)
+
+  def load_results(self) -> List[Dict]:
+    """All complete rows, one per cell (the first wins); a torn trailing line is dropped."""
+    if not os.path.exists(self.results_path):
+      return []
+    rows, seen = [], set()
+    with open(self.results_path, 'rb') as f:
+      for line in f.read().split(b'\n'):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue  # torn by a crash mid-write: the cell is recomputed
+        if cell_id(row) not in seen:
+          seen.add(cell_id(row))
+          rows.append(row)
+    return rows
+
+  def append_results(self, rows: Iterable[Dict]):
+    """Appends complete lines in one write, then fsync."""
+    text = ''.join(json.dumps(r, sort_keys=True, allow_nan=False) + '\n' for r in rows)
+    if not text:
+      return
+    if os.path.exists(self.results_path) and os.path.getsize(self.results_path) > 0:
+      with open(self.results_path, 'rb') as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b'\n':
+          text = '\n' + text  # isolate a torn line left by a crash
+    fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      os.write(fd, text.encode())
+      os.fsync(fd)
+    finally:
+      os.close(fd)

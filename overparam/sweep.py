@@ -1,0 +1,194 @@
+"""Seeds x widths in one compiled program, sharded over every device, run in checkpointed chunks.
+
+A program is one (algorithm, order, d, width bucket): all its runs are stacked on a leading run
+axis, vmapped, and scanned. Widths inside a bucket are padded to the bucket width B with a
+component mask, so a width-m run computes what an unpadded width-m run computes. The run axis is
+padded to a multiple of the device count and sharded with NamedSharding over a 1-d mesh; in a
+multi-process job the mesh spans every process's devices and each process feeds its own shards.
+
+The host drives the scan in chunks of `chunk_steps` steps: between chunks it logs progress with an
+ETA, stops when every run has finished, and checkpoints the state atomically so a pre-empted job
+resumes mid-run.
+"""
+
+import functools
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from overparam import algorithms
+
+
+def bucket_widths(widths: Sequence[int]) -> List[List[int]]:
+  """Groups widths so each bucket's largest width is < 2x its smallest (padding wastes < 2x).
+
+  Greedy from the top: the largest remaining width W opens a bucket of every width > W/2.
+  """
+  rest = sorted(set(int(w) for w in widths), reverse=True)
+  out = []
+  while rest:
+    top = rest[0]
+    out.append(sorted(w for w in rest if 2 * w > top))
+    rest = [w for w in rest if 2 * w <= top]
+  return out[::-1]
+
+
+def run_mesh() -> Mesh:
+  """A 1-d mesh over every device of every process, axis 'runs'."""
+  return Mesh(np.array(jax.devices()), ('runs',))
+
+
+def padded_runs(n: int, n_devices: int) -> int:
+  return -(-n // n_devices) * n_devices
+
+
+def pad_runs(tree, n_total: int):
+  """Pads every leaf's leading run axis to n_total by repeating the last run (results dropped)."""
+  def pad(x):
+    x = np.asarray(x)
+    extra = n_total - x.shape[0]
+    return x if extra == 0 else np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+  return jax.tree.map(pad, tree)
+
+
+def to_global(tree, sharding: NamedSharding):
+  """Host numpy arrays (identical on every process) -> global jax Arrays sharded on axis 0."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx]), tree)
+
+
+def to_host(tree):
+  """Global jax Arrays -> full numpy arrays on every process."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(alg, chunk_steps: int, sharding: NamedSharding):
+  """(init, chunk, export, dense, extras) jitted and vmapped over runs; cached per algorithm.
+
+  export, dense_model and extras are optional methods of the algorithm (None when absent).
+  """
+
+  def one_chunk(state, data):
+    body = lambda s, _: (alg.step(s, data), None)
+    return jax.lax.scan(body, state, None, length=chunk_steps)[0]
+
+  init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
+  chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
+  optional = lambda name: jax.jit(jax.vmap(getattr(alg, name))) if hasattr(alg, name) else None
+  return init, chunk, optional('export'), optional('dense_model'), optional('extras')
+
+
+def fingerprint(alg, cells, n_total: int) -> str:
+  blob = json.dumps([repr(alg), [list(c) for c in cells], n_total, jax.device_count()])
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: str, host_state, chunks_done: int, fp: str):
+  leaves = jax.tree.leaves(host_state)
+  tmp = f'{path}.tmp.{os.getpid()}.npz'
+  np.savez(tmp, *leaves, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
+  with open(tmp, 'rb') as f:
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, like, fp: str):
+  """Returns (host_state, chunks_done) or None if absent or not this program's."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      meta = json.loads(str(z['meta']))
+      leaves = [z[f'arr_{i}'] for i in range(len(z.files) - 1)]
+  except Exception:  # noqa: BLE001 - an unreadable checkpoint is recomputed, never trusted
+    logging.warning('ignoring unreadable checkpoint %s', path)
+    return None
+  like_leaves, treedef = jax.tree.flatten(like)
+  if meta.get('fingerprint') != fp or len(leaves) != len(like_leaves) or any(
+      a.shape != b.shape or a.dtype != b.dtype for a, b in zip(leaves, like_leaves)):
+    logging.warning('ignoring checkpoint %s of another program', path)
+    return None
+  return jax.tree.unflatten(treedef, leaves), meta['chunks_done']
+
+
+class Outcome(NamedTuple):
+  """Host results of one program, each with leading axis len(cells).
+
+  exported: (coeffs (n, K), factors (n, K, d)) with K a multiple of the bucket (component i of
+  block k is real iff i < width), or None. dense: (n, d, ..., d) model tensors for algorithms
+  whose model is not a CP tensor, or None. extras: dict name -> (n,) per-run scalars for the row.
+  """
+  state: Any
+  exported: Any
+  dense: Any
+  extras: Dict
+  wall_s: float
+
+
+def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: int,
+                checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
+                is_writer: bool = True, label: str = '',
+                on_chunk: Optional[Callable[[int], None]] = None):
+  """Runs every cell of one program to completion.
+
+  data: host RunData with leading axis len(cells). Returns an Outcome.
+  """
+  n = len(cells)
+  mesh = run_mesh()
+  sharding = NamedSharding(mesh, P('runs'))
+  n_total = padded_runs(n, mesh.size)
+  init_fn, chunk_fn, export_fn, dense_fn, extras_fn = compiled(alg, chunk_steps, sharding)
+  gdata = to_global(pad_runs(data, n_total), sharding)
+  t0 = time.time()
+  state = init_fn(gdata)
+  n_chunks = -(-alg.steps // chunk_steps)
+  start = 0
+  fp = fingerprint(alg, cells, n_total)
+  if checkpoint_path:
+    got = _load_checkpoint(checkpoint_path, to_host(state), fp)
+    if got is not None:
+      state, start = to_global(got[0], sharding), got[1]
+      logging.info('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
+  last_ckpt = time.time()
+  for k in range(start, n_chunks):
+    state = chunk_fn(state, gdata)
+    if on_chunk is not None:
+      on_chunk(k)
+    status, steps = to_host((state.status, state.step))
+    live = (status[:n] == algorithms.RUNNING) & (steps[:n] < alg.steps)
+    done = k + 1
+    elapsed = time.time() - t0
+    eta = elapsed / max(done - start, 1) * (n_chunks - done)
+    logging.info('%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, ETA %.1fs',
+                 label, done, n_chunks, min(done * chunk_steps, alg.steps), alg.steps,
+                 int(live.sum()), n, elapsed, eta if live.any() else 0.0)
+    if not live.any():
+      break
+    if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:
+      host_state = to_host(state)
+      if is_writer:
+        _save_checkpoint(checkpoint_path, host_state, done, fp)
+      last_ckpt = time.time()
+  exported = to_host(export_fn(state, gdata)) if export_fn else None
+  dense = to_host(dense_fn(state, gdata)) if dense_fn else None
+  extras = to_host(extras_fn(state, gdata)) if extras_fn else {}
+  host_state = to_host(state)
+  wall = time.time() - t0
+  cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
+  return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall)
+
+
+def remove_checkpoint(path: Optional[str]):
+  if path and os.path.exists(path):
+    os.remove(path)
