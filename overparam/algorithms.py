@@ -3,8 +3,10 @@
 An algorithm is a frozen (hashable) dataclass with
   init(data)        -> RunState                     one run, unbatched
   step(state, data) -> RunState                     one update; a finished run is frozen
-  export(state, data) -> (coeffs (B,), factors (B, d)) or None   the learned CP tensor
+  export(state, data) -> (coeffs (K,), factors (K, d))  the learned CP tensor, K a multiple of B
   dense_model(state, data) -> (d,)*l                 for models that are not CP tensors
+  extras(state, data) -> {name: scalar}              optional extra numbers for the results row
+  trace(state, data) -> {name: array}                optional, recorded every trace_every steps
 `data` is a RunData: everything a run needs besides its state (keys, mask, target).
 
 Every step evaluates the loss it differentiates, so convergence (rel_error < eps) and
@@ -139,3 +141,6 @@ class GD:
 
   def export(self, state: RunState, data: RunData) -> Optional[tuple]:
     return alpha_model(state.params, state.params0, data, self.spec, self.alpha)
+
+  def trace(self, state: RunState, data: RunData):
+    return {'rel_error': state.rel_err, 'step': state.step}

@@ -42,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.save_params = True
   c.x64 = False
   c.chunk_steps = 250
+  c.trace_every = 0  # > 0: save each run's trajectory every this many steps (divides chunk_steps)
   c.checkpoint_every_s = 60.0
   c.distributed = False
   # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
@@ -93,6 +94,9 @@ def validate(c: ml_collections.ConfigDict):
   for name in ('rank', 'num_seeds', 'steps', 'chunk_steps'):
     if not _is_int(c[name]) or c[name] < 1:
       raise ConfigError(f'config.{name} must be an integer >= 1, got {c[name]!r}')
+  if not _is_int(c.trace_every) or c.trace_every < 0 or (c.trace_every and chunk_of(c) % c.trace_every):
+    raise ConfigError(f'config.trace_every must be 0 or a divisor of min(chunk_steps, steps)={chunk_of(c)}, '
+                      f'got {c.trace_every!r}')
   if not _is_int(c.seed) or c.seed < 0:
     raise ConfigError(f'config.seed must be an integer >= 0, got {c.seed!r}')
   t = c.target
@@ -123,6 +127,11 @@ def validate(c: ml_collections.ConfigDict):
   _finite('reg', c.reg, 0.0)
   _finite('alpha', c.alpha, 0.0, True)
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
+
+
+def chunk_of(c: ml_collections.ConfigDict) -> int:
+  """Steps per compiled chunk."""
+  return min(c.chunk_steps, c.steps)
 
 
 def resolve_loss(c: ml_collections.ConfigDict) -> str:

@@ -142,6 +142,12 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
         if is_writer:
           results.save_npz_atomic(os.path.join(wd.params_dir, name), coeffs=coeffs, factors=factors)
         row['params_file'] = os.path.join('params', name)
+    if out.trace and is_writer:
+      name = f'{alg_name}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
+      results.save_npz_atomic(os.path.join(wd.trajectories_dir, name),
+                              iteration=np.arange(1, next(iter(out.trace.values())).shape[1] + 1) * c.trace_every,
+                              **{k: v[i] for k, v in out.trace.items()})
+      row['trajectory_file'] = os.path.join('trajectories', name)
     rows.append(row)
   return rows
 
@@ -177,7 +183,8 @@ def run(c: ml_collections.ConfigDict, workdir: str,
         label = f'{alg_name} l={c.order} d={dim} widths={bucket_ws}'
         ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}_l{c.order}_d{dim}_B{bucket}.npz')
         out = sweep.run_program(
-            alg, run_data(c, cells, targets, bucket, loss), cells, chunk_steps=min(c.chunk_steps, c.steps),
+            alg, run_data(c, cells, targets, bucket, loss), cells, chunk_steps=config_lib.chunk_of(c),
+            trace_every=c.trace_every,
             checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
             label=label, on_chunk=on_chunk)
         new = finalize(c, alg_name, dim, cells, bucket, out, targets, wd, is_writer)

@@ -74,11 +74,12 @@ class Workdir:
     self.params_dir = os.path.join(path, 'params')
     self.figures_dir = os.path.join(path, 'figures')
     self.ckpt_dir = os.path.join(path, 'checkpoints')
+    self.trajectories_dir = os.path.join(path, 'trajectories')
 
   def prepare(self):
     """Creates the directories; raises WorkdirError if the path cannot be written."""
     try:
-      for d in (self.path, self.params_dir, self.figures_dir, self.ckpt_dir):
+      for d in (self.path, self.params_dir, self.figures_dir, self.ckpt_dir, self.trajectories_dir):
         os.makedirs(d, exist_ok=True)
       probe = os.path.join(self.path, f'.write_probe.{os.getpid()}')
       with open(probe, 'w') as f:

@@ -73,15 +73,26 @@ def to_host(tree):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(alg, chunk_steps: int, sharding: NamedSharding):
+def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
   """(init, chunk, export, dense, extras) jitted and vmapped over runs; cached per algorithm.
 
-  export, dense_model and extras are optional methods of the algorithm (None when absent).
+  chunk(state, data) -> (state, trace): `chunk_steps` steps; with trace_every > 0 (a divisor of
+  chunk_steps) it also returns alg.trace(state, data) after every trace_every steps, stacked on
+  axis 1, else an empty dict. export, dense_model and extras are optional methods of the
+  algorithm (None when absent).
   """
 
-  def one_chunk(state, data):
+  def steps(state, data, n):
     body = lambda s, _: (alg.step(s, data), None)
-    return jax.lax.scan(body, state, None, length=chunk_steps)[0]
+    return jax.lax.scan(body, state, None, length=n)[0]
+
+  def one_chunk(state, data):
+    if not trace_every:
+      return steps(state, data, chunk_steps), {}
+    def block(s, _):
+      s = steps(s, data, trace_every)
+      return s, alg.trace(s, data)
+    return jax.lax.scan(block, state, None, length=chunk_steps // trace_every)
 
   init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
   chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
@@ -94,32 +105,35 @@ def fingerprint(alg, cells, n_total: int) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: str, host_state, chunks_done: int, fp: str):
-  leaves = jax.tree.leaves(host_state)
+def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str):
+  """Atomically writes the run state and the trace recorded so far ({} when not tracing)."""
+  arrays = {f's{i}': x for i, x in enumerate(jax.tree.leaves(host_state))}
+  arrays.update({f't_{k}': v for k, v in trace.items()})
   tmp = f'{path}.tmp.{os.getpid()}.npz'
-  np.savez(tmp, *leaves, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
+  np.savez(tmp, **arrays, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
   with open(tmp, 'rb') as f:
     os.fsync(f.fileno())
   os.replace(tmp, path)
 
 
 def _load_checkpoint(path: str, like, fp: str):
-  """Returns (host_state, chunks_done) or None if absent or not this program's."""
+  """Returns (host_state, trace, chunks_done), or None if absent, unreadable or another program's."""
   if not os.path.exists(path):
     return None
+  like_leaves, treedef = jax.tree.flatten(like)
   try:
     with np.load(path, allow_pickle=False) as z:
       meta = json.loads(str(z['meta']))
-      leaves = [z[f'arr_{i}'] for i in range(len(z.files) - 1)]
+      leaves = [z[f's{i}'] for i in range(len(like_leaves))]
+      trace = {k[2:]: z[k] for k in z.files if k.startswith('t_')}
   except Exception:  # noqa: BLE001 - an unreadable checkpoint is recomputed, never trusted
     logging.warning('ignoring unreadable checkpoint %s', path)
     return None
-  like_leaves, treedef = jax.tree.flatten(like)
-  if meta.get('fingerprint') != fp or len(leaves) != len(like_leaves) or any(
+  if meta.get('fingerprint') != fp or any(
       a.shape != b.shape or a.dtype != b.dtype for a, b in zip(leaves, like_leaves)):
     logging.warning('ignoring checkpoint %s of another program', path)
     return None
-  return jax.tree.unflatten(treedef, leaves), meta['chunks_done']
+  return jax.tree.unflatten(treedef, leaves), trace, meta['chunks_done']
 
 
 class Outcome(NamedTuple):
@@ -134,35 +148,44 @@ class Outcome(NamedTuple):
   dense: Any
   extras: Dict
   wall_s: float
+  trace: Dict = {}  # name -> (n, T, ...) values of alg.trace after every trace_every steps
 
 
 def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
-                is_writer: bool = True, label: str = '',
+                is_writer: bool = True, label: str = '', trace_every: int = 0,
                 on_chunk: Optional[Callable[[int], None]] = None):
   """Runs every cell of one program to completion.
 
-  data: host RunData with leading axis len(cells). Returns an Outcome.
+  data: host RunData with leading axis len(cells). trace_every > 0 records alg.trace every
+  that many steps (it must divide chunk_steps). Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
   sharding = NamedSharding(mesh, P('runs'))
   n_total = padded_runs(n, mesh.size)
-  init_fn, chunk_fn, export_fn, dense_fn, extras_fn = compiled(alg, chunk_steps, sharding)
+  if trace_every and chunk_steps % trace_every:
+    raise ValueError(f'trace_every={trace_every} must divide chunk_steps={chunk_steps}')
+  init_fn, chunk_fn, export_fn, dense_fn, extras_fn = compiled(alg, chunk_steps, sharding, trace_every)
   gdata = to_global(pad_runs(data, n_total), sharding)
   t0 = time.time()
   state = init_fn(gdata)
   n_chunks = -(-alg.steps // chunk_steps)
   start = 0
-  fp = fingerprint(alg, cells, n_total)
+  fp = fingerprint(alg, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
+  traces = []  # host trace of each chunk so far, each name -> (n_total, T_chunk, ...)
   if checkpoint_path:
     got = _load_checkpoint(checkpoint_path, to_host(state), fp)
     if got is not None:
-      state, start = to_global(got[0], sharding), got[1]
+      state, start = to_global(got[0], sharding), got[2]
+      traces = [got[1]] if got[1] else []
       logging.info('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
+  joined = lambda: {k: np.concatenate([t[k] for t in traces], axis=1) for k in (traces[0] if traces else {})}
   last_ckpt = time.time()
   for k in range(start, n_chunks):
-    state = chunk_fn(state, gdata)
+    state, tr = chunk_fn(state, gdata)
+    if trace_every:
+      traces.append(to_host(tr))
     if on_chunk is not None:
       on_chunk(k)
     status, steps = to_host((state.status, state.step))
@@ -178,7 +201,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
     if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:
       host_state = to_host(state)
       if is_writer:
-        _save_checkpoint(checkpoint_path, host_state, done, fp)
+        _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
       last_ckpt = time.time()
   exported = to_host(export_fn(state, gdata)) if export_fn else None
   dense = to_host(dense_fn(state, gdata)) if dense_fn else None
@@ -186,7 +209,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
   host_state = to_host(state)
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
-  return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall)
+  return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))
 
 
 def remove_checkpoint(path: Optional[str]):
