@@ -37,6 +37,7 @@ def recovery(coeffs, factors, true_coeffs, true_factors, order: int, active_tol:
 
 def movement(params: Sequence, params0: Sequence, width: int) -> float:
   """||W - W0|| / ||W0|| over the first `width` components of every parameter array."""
-  num = sum(float(np.sum((np.asarray(p)[:width] - np.asarray(q)[:width]) ** 2)) for p, q in zip(params, params0))
-  den = sum(float(np.sum(np.asarray(q)[:width] ** 2)) for q in params0)
+  sq = lambda x: float(np.sum(np.asarray(x, np.float64)[:width] ** 2))
+  num = sum(sq(np.asarray(p, np.float64) - np.asarray(q, np.float64)) for p, q in zip(params, params0))
+  den = sum(sq(q) for q in params0)
   return float(np.sqrt(num / den)) if den > 0 else float('nan')

@@ -28,16 +28,17 @@ from overparam import algorithms
 
 
 def bucket_widths(widths: Sequence[int]) -> List[List[int]]:
-  """Groups widths so each bucket's largest width is < 2x its smallest (padding wastes < 2x).
+  """Groups widths so each bucket's largest width is <= 2x its smallest (padding wastes <= 2x).
 
-  Greedy from the top: the largest remaining width W opens a bucket of every width > W/2.
+  Greedy from the top: the largest remaining width W opens a bucket of every width >= W/2,
+  which gives the fewest buckets (hence compiles) under that constraint.
   """
   rest = sorted(set(int(w) for w in widths), reverse=True)
   out = []
   while rest:
     top = rest[0]
-    out.append(sorted(w for w in rest if 2 * w > top))
-    rest = [w for w in rest if 2 * w <= top]
+    out.append(sorted(w for w in rest if 2 * w >= top))
+    rest = [w for w in rest if 2 * w < top]
   return out[::-1]
 
 

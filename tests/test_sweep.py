@@ -1,0 +1,226 @@
+"""The sweep engine: padding exactness, device/process independence, resume, divergence, CLI errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from overparam import algorithms, config_lib, experiments, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUMERIC = ('rel_error', 'steps', 'movement', 'status', 'recovered_fraction', 'max_cos')
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  c.algorithms = ('gd',)
+  c.order, c.dims, c.rank = 3, (6,), 2
+  c.widths = (2, 3, 4)
+  c.num_seeds = 2
+  c.steps, c.chunk_steps = 120, 30
+  c.lr, c.init_scale, c.eps = 0.05, 0.3, 0.05
+  c.checkpoint_every_s = 0.0
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def rows_by_cell(rows):
+  return {(r['algorithm'], r['dim'], r['width'], r['seed']): r for r in rows}
+
+
+def load_rows(workdir):
+  with open(os.path.join(workdir, 'results.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def assert_same_results(a, b):
+  a, b = rows_by_cell(a), rows_by_cell(b)
+  assert a.keys() == b.keys()
+  for k in a:
+    for field in NUMERIC:
+      assert a[k].get(field) == b[k].get(field), (k, field, a[k].get(field), b[k].get(field))
+
+
+def test_bucket_widths_pad_at_most_2x():
+  widths = (4, 8, 12, 16, 24, 32, 48, 64, 3, 5)
+  buckets = sweep.bucket_widths(widths)
+  assert sorted(w for b in buckets for w in b) == sorted(set(widths))
+  for b in buckets:
+    assert max(b) <= 2 * min(b)
+  assert sweep.bucket_widths((4, 8, 12, 16, 24, 32, 48, 64)) == [[4, 8], [12, 16, 24], [32, 48, 64]]
+
+
+def _program(c, cells, bucket):
+  targets = {s: experiments.make_target(c, c.dims[0], s, None) for s in {s for _, s in cells}}
+  alg = experiments.build_algorithm('gd', c, c.dims[0], bucket)
+  data = experiments.run_data(c, cells, targets, bucket, config_lib.resolve_loss(c))
+  return sweep.run_program(alg, data, cells, chunk_steps=config_lib.chunk_of(c))
+
+
+@pytest.mark.parametrize('parametrization', ['cp', 'homogeneous'])
+def test_padded_run_equals_unpadded_run(parametrization):
+  """(m=3, seed) inside a bucket of width 5 with other widths and seeds == a lone width-3 run."""
+  c = tiny_config(x64=True, parametrization=parametrization, reg=0.01)
+  batched = _program(c, [(3, 0), (5, 0), (3, 1), (4, 1)], bucket=5)
+  for i, (m, s) in [(0, (3, 0)), (2, (3, 1))]:
+    alone = _program(c, [(m, s)], bucket=3)
+    np.testing.assert_allclose(batched.exported[0][i][:3], alone.exported[0][0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(batched.exported[1][i][:3], alone.exported[1][0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(batched.exported[0][i][3:], 0.0)  # padding stays switched off
+    assert batched.state.step[i] == alone.state.step[0]
+    assert batched.state.status[i] == alone.state.status[0]
+
+
+def test_divergence_is_marked_and_other_runs_go_on(tmp_path):
+  c = tiny_config(lr=0.05)
+  cells = [(3, 0), (3, 1)]
+  targets = {s: experiments.make_target(c, 6, s, None) for s in (0, 1)}
+  targets[1] = targets[1]._replace(coeffs=targets[1].coeffs * 1e4)  # lr far beyond stability
+  alg = experiments.build_algorithm('gd', c, 6, 3)
+  out = sweep.run_program(alg, experiments.run_data(c, cells, targets, 3, 'implicit'), cells, chunk_steps=30)
+  assert out.state.status[1] == algorithms.DIVERGED
+  assert out.state.status[0] != algorithms.DIVERGED and out.state.step[0] > out.state.step[1]
+  wd = experiments.results.Workdir(str(tmp_path))
+  wd.prepare()
+  rows = experiments.finalize(c, 'gd', 6, cells, 3, out, targets, wd, True)
+  assert rows[1]['status'] == 'diverged' and rows[1]['rel_error'] is None and rows[1]['params_file'] is None
+  assert rows[0]['status'] in ('converged', 'max_steps') and np.isfinite(rows[0]['rel_error'])
+
+
+class Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_equals_unbroken_run(tmp_path):
+  c = tiny_config(widths=(2, 5), trace_every=10, eps=1e-9)  # no early stop: 4 chunks per program
+  unbroken = str(tmp_path / 'unbroken')
+  experiments.run(c, unbroken)
+  calls = []
+
+  def crash_in_second_program(k):
+    calls.append(k)
+    if len(calls) == 6:  # program 1 ran its 4 chunks, program 2 is 2 chunks in
+      raise Crash()
+
+  broken = str(tmp_path / 'broken')
+  with pytest.raises(Crash):
+    experiments.run(c, broken, on_chunk=crash_in_second_program)
+  assert len(load_rows(broken)) == c.num_seeds  # the first program's cells only
+  assert os.listdir(os.path.join(broken, 'checkpoints'))
+  resumed = []
+  experiments.run(c, broken, on_chunk=resumed.append)
+  assert resumed[0] == 1  # resumed from the checkpoint of chunk 0 (the crash hit before chunk 1 saved)
+  rows = load_rows(broken)
+  assert len(rows) == len({(r['width'], r['seed']) for r in rows}) == 4
+  assert_same_results(rows, load_rows(unbroken))
+  for r in rows:
+    a = np.load(os.path.join(broken, r['trajectory_file']))
+    b = np.load(os.path.join(unbroken, r['trajectory_file']))
+    np.testing.assert_array_equal(a['rel_error'], b['rel_error'])
+  assert not os.listdir(os.path.join(broken, 'checkpoints'))
+  experiments.run(c, broken)  # a finished workdir computes nothing new
+  assert len(load_rows(broken)) == 4
+
+
+def test_torn_results_line_is_recomputed(tmp_path):
+  c = tiny_config(widths=(2,))
+  wd = str(tmp_path / 'w')
+  experiments.run(c, wd)
+  with open(os.path.join(wd, 'results.jsonl'), 'rb') as f:
+    good = f.read()
+  lines = good.split(b'\n')
+  with open(os.path.join(wd, 'results.jsonl'), 'wb') as f:
+    f.write(lines[0] + b'\n' + lines[1][:20])  # a crash in the middle of the second line
+  experiments.run(c, wd)
+  rows = load_rows_tolerant(wd)
+  assert len(rows) == 2
+  assert_same_results(rows, [json.loads(x) for x in lines if x])
+
+
+def load_rows_tolerant(workdir):
+  return experiments.results.Workdir(workdir).load_results()
+
+
+def test_workdir_with_other_config_is_refused(tmp_path):
+  c = tiny_config(widths=(2,), num_seeds=1, steps=30)
+  experiments.run(c, str(tmp_path))
+  c.lr = 0.01
+  with pytest.raises(ValueError, match='different config.*lr'):
+    experiments.run(c, str(tmp_path))
+
+
+# ---- command line: several devices, several processes, user errors -------------------------------
+
+CLI = ['--config=configs/default.py', '--config.dims=(6,)', '--config.rank=2', '--config.widths=(2,3,5)',
+       '--config.num_seeds=3', '--config.steps=90', '--config.chunk_steps=30']
+
+
+def launch(workdir, *extra, env=None, **kw):
+  e = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
+  return subprocess.Popen([sys.executable, 'launch.py', *CLI, f'--workdir={workdir}', *extra], cwd=ROOT,
+                          env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(p, timeout=300):
+  out, err = p.communicate(timeout=timeout)
+  return p.returncode, err
+
+
+@pytest.fixture(scope='module')
+def one_device_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('one'))
+  rc, err = finish(launch(wd))
+  assert rc == 0, err[-2000:]
+  return load_rows(wd)
+
+
+def test_four_devices_give_identical_results(one_device_run, tmp_path):
+  rc, err = finish(launch(str(tmp_path), env={'JAX_NUM_CPU_DEVICES': '4'}))
+  assert rc == 0, err[-2000:]
+  rows = load_rows(str(tmp_path))
+  assert_same_results(rows, one_device_run)
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['provenance']['devices'] == 4
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_give_identical_results(one_device_run, tmp_path):
+  port = _free_port()
+  procs = [launch(str(tmp_path), '--config.distributed=True', f'--coordinator_address=localhost:{port}',
+                  '--num_processes=2', f'--process_id={i}') for i in range(2)]
+  for p in procs:
+    rc, err = finish(p)
+    assert rc == 0, err[-2000:]
+  rows = load_rows(str(tmp_path))
+  assert len(rows) == len(one_device_run)  # only process 0 wrote
+  assert_same_results(rows, one_device_run)
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['provenance']['processes'] == 2
+
+
+@pytest.mark.parametrize('args, field', [
+    (['--config.orderr=2'], 'orderr'),
+    (['--config.order=1'], 'config.order'),
+    (['--config.widths=(0,2)'], 'config.widths'),
+    (['--config.lr=-1.0'], 'config.lr'),
+    (['--config.target.kind=gaussian'], 'config.target.kind'),
+    (['--config=configs/does_not_exist.py'], '--config'),
+])
+def test_bad_input_is_one_error_line(tmp_path, args, field):
+  rc, err = finish(launch(str(tmp_path / 'w'), *args))
+  assert rc == 2
+  last = err.strip().splitlines()[-1]
+  assert last.startswith('error: ') and field in last, last
+  assert 'Traceback' not in err
+  assert not os.path.exists(tmp_path / 'w' / 'results.jsonl')
