@@ -79,9 +79,9 @@ def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str) ->
     if not target.factored:
       raise ValueError('the implicit loss needs a factored target (no file, no noise); use loss=dense')
     a, cs = target.factors, target.coeffs
-    sq = (tensors.cp_inner(coeffs, factors, coeffs, factors, order)
+    sq = (tensors.cp_self_inner(coeffs, factors, order)
           - 2.0 * tensors.cp_inner(coeffs, factors, cs, a, order)
-          + tensors.cp_inner(cs, a, cs, a, order))
+          + tensors.cp_self_inner(cs, a, order))
     return 0.5 * sq
   t_star = target.dense if target.dense is not None else tensors.dense_cp(target.coeffs, target.factors, order)
   return 0.5 * jnp.sum((tensors.dense_cp(coeffs, factors, order) - t_star) ** 2)

@@ -81,12 +81,20 @@ class Workdir:
     try:
       for d in (self.path, self.params_dir, self.figures_dir, self.ckpt_dir, self.trajectories_dir):
         os.makedirs(d, exist_ok=True)
+      self._remove_stale_temporaries()
       probe = os.path.join(self.path, f'.write_probe.{os.getpid()}')
       with open(probe, 'w') as f:
         f.write('ok')
       os.remove(probe)
     except OSError as e:
       raise WorkdirError(f'--workdir {self.path!r} cannot be written ({e.strerror or e})') from None
+
+  def _remove_stale_temporaries(self):
+    """Temporary files left by a killed run (never the files they were meant to replace)."""
+    for dirpath, _, files in os.walk(self.path):
+      for f in files:
+        if '.tmp.' in f or f.startswith('.write_probe.'):
+          os.remove(os.path.join(dirpath, f))
 
   def check_config(self, config: Dict):
     """Refuses a workdir holding a different experiment; volatile provenance is ignored."""

@@ -1,0 +1,113 @@
+r"""Kill-and-resume trials: SIGKILL the launcher at random moments, re-run, compare with an unbroken run.
+
+  python -m tools.kill_resume --trials=10 --kills=3
+
+Each trial starts the same command into a fresh workdir, kills it with SIGKILL after a random delay
+(up to `kills` times, each time re-running the same command), then lets it finish. A trial passes
+when results.jsonl holds exactly one line per cell, every line parses, every number equals the
+unbroken run's, and no temporary file is left in the workdir. Prints one line per trial and a total.
+"""
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ['--config=configs/default.py', '--config.dims=(6,8)', '--config.rank=2', '--config.widths=(2,5,11)',
+        '--config.num_seeds=3', '--config.steps=600', '--config.chunk_steps=50', '--config.eps=1e-9',
+        '--config.checkpoint_every_s=0', '--config.trace_every=25']
+COMPARED = ('rel_error', 'status', 'steps', 'movement', 'max_cos', 'recovered_fraction', 'params_file')
+
+
+def _start(workdir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.Popen([sys.executable, 'launch.py', *ARGS, f'--workdir={workdir}'], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def run_to_end(workdir, timeout=600):
+  p = _start(workdir)
+  _, err = p.communicate(timeout=timeout)
+  if p.returncode != 0:
+    raise RuntimeError(f'launch failed ({p.returncode}): {err[-1500:]}')
+
+
+def read_lines(workdir):
+  with open(os.path.join(workdir, 'results.jsonl')) as f:
+    return f.read().split('\n')
+
+
+def check(workdir, reference):
+  """Returns a list of problems (empty: the trial passed)."""
+  problems = []
+  lines = [x for x in read_lines(workdir) if x.strip()]
+  rows = []
+  for x in lines:
+    try:
+      rows.append(json.loads(x))
+    except ValueError:
+      problems.append(f'unparsable line {x[:40]!r}')
+  cells = [(r['algorithm'], r['dim'], r['width'], r['seed']) for r in rows]
+  if len(cells) != len(set(cells)):
+    problems.append(f'{len(cells) - len(set(cells))} duplicated cells')
+  ref = {(r['algorithm'], r['dim'], r['width'], r['seed']): r for r in reference}
+  missing = set(ref) - set(cells)
+  if missing:
+    problems.append(f'{len(missing)} cells lost')
+  for r in rows:
+    k = (r['algorithm'], r['dim'], r['width'], r['seed'])
+    for f in COMPARED:
+      if k in ref and r.get(f) != ref[k].get(f):
+        problems.append(f'{k} {f}: {r.get(f)} != {ref[k].get(f)}')
+  for dirpath, _, files in os.walk(workdir):
+    problems += [f'temporary file {f}' for f in files if '.tmp.' in f]
+  return problems
+
+
+def trial(workdir, reference, kills, max_delay, rng):
+  killed_at = []
+  for _ in range(kills):
+    p = _start(workdir)
+    delay = rng.uniform(0.5, max_delay)
+    try:
+      p.wait(timeout=delay)
+      break  # finished before the kill
+    except subprocess.TimeoutExpired:
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+      killed_at.append(round(delay, 2))
+  run_to_end(workdir)
+  return killed_at, check(workdir, reference)
+
+
+def main(trials=10, kills=3, max_delay=None, seed=0):
+  rng = random.Random(seed)
+  with tempfile.TemporaryDirectory() as tmp:
+    t0 = time.time()
+    run_to_end(os.path.join(tmp, 'ref'))
+    unbroken_s = time.time() - t0
+    reference = [json.loads(x) for x in read_lines(os.path.join(tmp, 'ref')) if x.strip()]
+    max_delay = max_delay or unbroken_s
+    failures = 0
+    for i in range(trials):
+      killed_at, problems = trial(os.path.join(tmp, f't{i}'), reference, kills, max_delay, rng)
+      failures += bool(problems)
+      print(f'trial {i}: killed at {killed_at} s, cells {len(reference)}, '
+            f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
+    print(f'{trials - failures} passed, {failures} failed')
+  return failures
+
+
+if __name__ == '__main__':
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--trials', type=int, default=10)
+  ap.add_argument('--kills', type=int, default=3)
+  ap.add_argument('--seed', type=int, default=0)
+  a = ap.parse_args()
+  sys.exit(1 if main(a.trials, a.kills, seed=a.seed) else 0)
