@@ -73,7 +73,10 @@ def canonical(params, parametrization: str, signs: jax.Array):
 
 
 def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str) -> jax.Array:
-  """1/2 ||T(coeffs, factors) - T*||_F^2, dense (O(m d^l)) or implicit (O(m^2 d + m r d))."""
+  """1/2 ||T(coeffs, factors) - T*||_F^2, dense (O(m d^l)) or implicit (O(m^2 d + m r d)).
+
+  The dense form requires a symmetric T* (every target this package builds or loads is).
+  """
   chex.assert_rank([coeffs, factors], [1, 2])
   if loss == 'implicit':
     if not target.factored:
@@ -84,7 +87,7 @@ def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str) ->
           + tensors.cp_self_inner(cs, a, order))
     return 0.5 * sq
   t_star = target.dense if target.dense is not None else tensors.dense_cp(target.coeffs, target.factors, order)
-  return 0.5 * jnp.sum((tensors.dense_cp(coeffs, factors, order) - t_star) ** 2)
+  return tensors.cp_residual_sq(coeffs, factors, t_star, order)
 
 
 def regularizer(params, mask: jax.Array) -> jax.Array:

@@ -56,6 +56,23 @@ def test_cp_self_inner_custom_jvp_matches_autodiff(order):
   np.testing.assert_allclose(np.asarray(hvp(fast)), np.asarray(hvp(plain)), rtol=1e-11)
 
 
+@pytest.mark.parametrize('order', [2, 3, 4])
+def test_cp_residual_sq_custom_jvp_matches_autodiff(order):
+  rng = np.random.default_rng(30 + order)
+  c, v = jnp.asarray(rng.normal(size=4)), jnp.asarray(rng.normal(size=(4, 3)))
+  t = tensors.symmetrize(jnp.asarray(rng.normal(size=(3,) * order)))
+  dc, dv = jnp.asarray(rng.normal(size=4)), jnp.asarray(rng.normal(size=(4, 3)))
+  dt = tensors.symmetrize(jnp.asarray(rng.normal(size=(3,) * order)))
+  plain = lambda c, v, t: 0.5 * jnp.sum((tensors.dense_cp(c, v, order) - t) ** 2)
+  fast = lambda c, v, t: tensors.cp_residual_sq(c, v, t, order)
+  np.testing.assert_allclose(float(fast(c, v, t)), float(np.sum((np_outer_cp(np.asarray(c), np.asarray(v), order)
+                                                                  - np.asarray(t)) ** 2) / 2), rtol=1e-12)
+  np.testing.assert_allclose(jax.jvp(fast, (c, v, t), (dc, dv, dt))[1], jax.jvp(plain, (c, v, t), (dc, dv, dt))[1],
+                             rtol=1e-11)
+  for a, b in zip(jax.grad(fast, (0, 1))(c, v, t), jax.grad(plain, (0, 1))(c, v, t)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11)
+
+
 def test_dense_cp_rejects_bad_shapes():
   with pytest.raises(AssertionError):
     tensors.dense_cp(jnp.ones((3,)), jnp.ones((4, 5)), 3)
@@ -129,7 +146,12 @@ def _save(tmp_path, name, arr):
 def test_load_target_file_accepts_symmetric(tmp_path):
   t = np_outer_cp(np.ones(2), np.random.default_rng(0).normal(size=(2, 4)), 3)
   got = tensors.load_target_file(_save(tmp_path, 'ok.npy', t), 3, (4,))
-  np.testing.assert_array_equal(got, t)
+  np.testing.assert_allclose(got, t, rtol=1e-14, atol=1e-15)
+  slightly_off = t.copy()
+  slightly_off[0, 1, 2] += 1e-7 * np.abs(t).max()  # within tolerance: accepted, then symmetrized
+  got = tensors.load_target_file(_save(tmp_path, 'off.npy', slightly_off), 3, (4,))
+  np.testing.assert_allclose(got, got.transpose(2, 0, 1), atol=1e-15)
+  np.testing.assert_allclose(got, t, atol=1e-7 * np.abs(t).max())
 
 
 @pytest.mark.parametrize('case, match', [
