@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from overparam import objectives, tensors
+from overparam import metrics, objectives, tensors
 
 RUNNING, CONVERGED, DIVERGED = 0, 1, 2
 OPTIMIZERS = ('sgd', 'adam')
@@ -98,6 +98,48 @@ def alpha_model(params, params0, data: RunData, spec: objectives.Spec, alpha: fl
           jnp.concatenate([v, v0]))
 
 
+def linearization_gap(params, params0, data: RunData, spec: objectives.Spec, dim: int, alpha: float = 1.0,
+                      dense_limit: int = 1 << 15) -> jax.Array:
+  """||T_a(W) - T_a,lin(W)|| / ||T*|| for the alpha model T_a(W) = T(W0) + alpha (T(W) - T(W0)).
+
+  T_a,lin(W) = T(W0) + alpha J_{W0} (W - W0), so the gap is alpha ||T(W) - T(W0) - J dW|| / ||T*||,
+  dW = W - W0 (masked components excluded). Dense when d^l <= dense_limit (every run of a program
+  holds its d^l arrays at once); otherwise implicit, O(m^2 d):
+  with A(P, Q) = <T(P), T(Q)> = cp_inner, every term is A or a derivative of A along dW
+  (<T(P), J dW> = d/dt A(P, W0 + t dW), ||J dW||^2 = d2/ds dt A(W0 + s dW, W0 + t dW)); its
+  cancellation floor is about sqrt(machine eps) ||T|| / ||T*||.
+  """
+  order = spec.order
+
+  def canon(p):
+    c, v = objectives.canonical(p, spec.parametrization, data.signs)
+    return c * data.mask, v
+
+  delta = jax.tree.map(jnp.subtract, params, params0)
+  if dim ** order <= dense_limit:
+    dense = lambda p: tensors.dense_cp(*canon(p), order)
+    t0, jd = jax.jvp(dense, (params0,), (delta,))
+    gap = dense(params) - t0 - jd
+    sq = jnp.sum(gap * gap)
+  else:
+    inner = lambda p, q: tensors.cp_inner(*canon(p), *canon(q), order)
+    along = lambda f: jax.jvp(f, (params0,), (delta,))[1]  # d/dt f(W0 + t dW) at t = 0
+    t1_j = along(lambda q: inner(params, q))
+    t0_j = along(lambda q: inner(params0, q))
+    j_j = along(lambda p: along(lambda q: inner(p, q)))
+    sq = (inner(params, params) - 2.0 * inner(params, params0) + inner(params0, params0)
+          - 2.0 * (t1_j - t0_j) + j_j)
+  return alpha * jnp.sqrt(jnp.maximum(sq, 0.0) / data.target_sq)
+
+
+def alignment_trace(coeffs, factors, data: RunData, order: int):
+  """metrics.alignment of the model (coeffs, factors) against the target's CP structure, plus the
+  target weights c*_j (so a trajectory file is self-contained)."""
+  out = metrics.alignment(coeffs, factors, data.target.coeffs, data.target.factors, order)
+  out['target_weight'] = data.target.coeffs
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class GD:
   """Gradient descent (optax) on the nonlinear model, with optional alpha-scaling.
@@ -143,4 +185,11 @@ class GD:
     return alpha_model(state.params, state.params0, data, self.spec, self.alpha)
 
   def trace(self, state: RunState, data: RunData):
-    return {'rel_error': state.rel_err, 'step': state.step}
+    out = {'rel_error': state.rel_err, 'step': state.step}
+    if data.target.factors is not None:  # per true component: max |cos|, aligned weight (deflation)
+      out.update(alignment_trace(*self.export(state, data), data, self.spec.order))
+    return out
+
+  def extras(self, state: RunState, data: RunData):
+    return {'linearization_gap': linearization_gap(state.params, state.params0, data, self.spec, self.dim,
+                                                   self.alpha)}

@@ -9,12 +9,17 @@ import numbers
 
 import ml_collections
 
-from overparam import algorithms, objectives, tensors
+from overparam import algorithms, lazy, objectives, sweep, tensors
 from overparam.errors import ConfigError
 
-ALGORITHMS = ('gd',)
+ALGORITHMS = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact')
 LOSSES = ('auto',) + objectives.LOSSES
 SIGNS = ('positive', 'balanced')
+
+
+# Defaults of config.beyond_lazy (how they were chosen: README.md, section "Beyond lazy").
+BEYOND_LAZY_DEFAULTS = dict(lr=0.2, init_scale=1e-3, reinit_threshold=1e-2, epoch_length=100,
+                            epoch_growth=1.5, reg=1e-4)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.order = 3
   c.dims = (10,)
   c.rank = 3
+  c.ranks = ()  # a sweep over r: one cell per value (rows carry rank; m* is fitted against r); () = (rank,)
   c.widths = (3, 6, 12)
   c.num_seeds = 4
   c.seed = 0
@@ -38,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_scale = 0.3
   c.reg = 0.0
   c.alpha = 1.0
+  c.alphas = ()  # a sweep over alpha for gd: one cell per value (rows carry alpha); () = (alpha,)
   c.eps = 0.05
   c.save_params = True
   c.x64 = False
@@ -46,10 +53,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_s = 60.0
   c.distributed = False
   # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
-  c.lazy = ml_collections.ConfigDict(dict(symmetric_init=False, ntk_scaling=False))
-  # The paper's beyond-lazy variant of GD (2-homogeneous, small init, reinit, epochs).
-  c.beyond_lazy = ml_collections.ConfigDict(dict(
-      init_scale=1e-2, reinit_threshold=1e-3, epoch_length=200, epoch_growth=1.5, reg=1e-4))
+  # symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
+  # lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with optax sgd
+  # momentum `momentum` (0: plain GD); memory_gb: memory one device may use for lazy_exact's J
+  # (0: detect). See overparam/lazy.py.
+  c.lazy = ml_collections.ConfigDict(dict(symmetric_init=False, ntk_scaling=False, lr_scale=1.0,
+                                          momentum=0.0, power_iters=100, memory_gb=0.0))
+  # The paper's beyond-lazy variant of GD (overparam/beyond_lazy.py): 2-homogeneous, small init,
+  # re-initialization of small components at epoch starts, growing epochs. It trains on
+  # T* / ||T*||_F, so these are dimensionless; lr is its own step size (config.lr is plain gd's).
+  c.beyond_lazy = ml_collections.ConfigDict(BEYOND_LAZY_DEFAULTS)
   return c
 
 
@@ -101,13 +114,22 @@ def validate(c: ml_collections.ConfigDict):
     raise ConfigError(f'config.seed must be an integer >= 0, got {c.seed!r}')
   t = c.target
   _choice('target.kind', t.kind, tensors.TARGET_KINDS)
-  if t.kind == 'orthonormal' and c.rank > min(c.dims):
-    raise ConfigError(f'config.rank must be <= min(config.dims)={min(c.dims)} for orthonormal targets, got {c.rank}')
+  if c.ranks:
+    _positive_ints('ranks', c.ranks)
+    if len(set(c.ranks)) != len(c.ranks):
+      raise ConfigError(f'config.ranks has duplicates: {tuple(c.ranks)!r}')
+    if t.weights or t.kind == 'file':
+      raise ConfigError('config.ranks must be empty when config.target.weights is set or target.kind=file '
+                        f'(both fix the rank), got {tuple(c.ranks)!r}')
+  rank_field = 'ranks (largest)' if c.ranks else 'rank'
+  if t.kind == 'orthonormal' and max(ranks_of(c)) > min(c.dims):
+    raise ConfigError(f'config.{rank_field} must be <= min(config.dims)={min(c.dims)} for orthonormal targets, '
+                      f'got {max(ranks_of(c))}')
   if t.kind == 'coherent':
     _finite('target.coherence', t.coherence, 0.0, False, 1.0, True)
-    if c.rank + 1 > min(c.dims):
-      raise ConfigError(f'config.rank must be <= min(config.dims) - 1 = {min(c.dims) - 1} for coherent '
-                        f'targets, got {c.rank}')
+    if max(ranks_of(c)) + 1 > min(c.dims):
+      raise ConfigError(f'config.{rank_field} must be <= min(config.dims) - 1 = {min(c.dims) - 1} for coherent '
+                        f'targets, got {max(ranks_of(c))}')
   if t.weights:
     if len(t.weights) != c.rank:
       raise ConfigError(f'config.target.weights must have length config.rank={c.rank}, got {len(t.weights)}')
@@ -117,16 +139,54 @@ def validate(c: ml_collections.ConfigDict):
   _choice('parametrization', c.parametrization, objectives.PARAMETRIZATIONS)
   _choice('signs', c.signs, SIGNS)
   _choice('loss', c.loss, LOSSES)
-  if c.loss == 'implicit' and (t.kind == 'file' or t.noise > 0):
-    raise ConfigError('config.loss=implicit needs a factored target (target.kind != file, target.noise = 0); '
-                      'use loss=dense or auto')
+  if c.loss == 'implicit' and not _factored(c):
+    raise ConfigError('config.loss=implicit needs a factored target (target.kind != file or a .npz CP file, '
+                      'target.noise = 0); use loss=dense or auto')
   _choice('optimizer', c.optimizer, algorithms.OPTIMIZERS)
   _finite('lr', c.lr, 0.0, True)
   _finite('eps', c.eps, 0.0, True)
   _finite('init_scale', c.init_scale, 0.0, True)
   _finite('reg', c.reg, 0.0)
   _finite('alpha', c.alpha, 0.0, True)
+  if not isinstance(c.alphas, (tuple, list)):
+    raise ConfigError(f'config.alphas must be a tuple of numbers > 0 (empty: config.alpha), got {c.alphas!r}')
+  for a in c.alphas:
+    _finite('alphas', a, 0.0, True)
+  if len(set(c.alphas)) != len(c.alphas):
+    raise ConfigError(f'config.alphas has duplicates: {tuple(c.alphas)!r}')
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
+  _validate_beyond_lazy(c.beyond_lazy)
+  _validate_lazy(c)
+
+
+def _validate_beyond_lazy(b: ml_collections.ConfigDict):
+  _finite('beyond_lazy.lr', b.lr, 0.0, True)
+  _finite('beyond_lazy.init_scale', b.init_scale, 0.0, True)
+  _finite('beyond_lazy.reinit_threshold', b.reinit_threshold, 0.0)
+  if not _is_int(b.epoch_length) or b.epoch_length < 1:
+    raise ConfigError(f'config.beyond_lazy.epoch_length must be an integer >= 1, got {b.epoch_length!r}')
+  _finite('beyond_lazy.epoch_growth', b.epoch_growth, 1.0)
+  _finite('beyond_lazy.reg', b.reg, 0.0)
+
+
+def _validate_lazy(c: ml_collections.ConfigDict):
+  z = c.lazy
+  for name in ('symmetric_init', 'ntk_scaling'):
+    if not isinstance(z[name], bool):
+      raise ConfigError(f'config.lazy.{name} must be True or False, got {z[name]!r}')
+  _finite('lazy.lr_scale', z.lr_scale, 0.0, True, 2.0, True)
+  _finite('lazy.momentum', z.momentum, 0.0, False, 1.0, True)
+  if not _is_int(z.power_iters) or z.power_iters < 1:
+    raise ConfigError(f'config.lazy.power_iters must be an integer >= 1, got {z.power_iters!r}')
+  _finite('lazy.memory_gb', z.memory_gb, 0.0)
+  if 'lazy_exact' in c.algorithms:  # before anything is allocated
+    lazy.check_exact_memory(c.order, c.dims, sweep.bucket_widths(c.widths), c.num_seeds, c.parametrization,
+                            8 if c.x64 else 4, z.memory_gb)
+
+
+def ranks_of(c: ml_collections.ConfigDict) -> tuple:
+  """The ranks the experiment sweeps: config.ranks, or (config.rank,) when that is empty."""
+  return tuple(int(k) for k in c.ranks) or (c.rank,)
 
 
 def chunk_of(c: ml_collections.ConfigDict) -> int:
@@ -135,7 +195,13 @@ def chunk_of(c: ml_collections.ConfigDict) -> int:
 
 
 def resolve_loss(c: ml_collections.ConfigDict) -> str:
-  """'auto' -> implicit when the target is factored (no file, no noise), else dense."""
+  """'auto' -> implicit when the target is factored (no noise; no file, or a .npz CP file), else dense."""
   if c.loss != 'auto':
     return c.loss
-  return 'dense' if (c.target.kind == 'file' or c.target.noise > 0) else 'implicit'
+  return 'implicit' if _factored(c) else 'dense'
+
+
+def _factored(c: ml_collections.ConfigDict) -> bool:
+  """T* is exactly a CP tensor: generated, or a .npz (coeffs, factors) file; and no noise."""
+  kind_ok = c.target.kind != 'file' or tensors.is_cp_file(c.target.path)
+  return kind_ok and not c.target.noise > 0

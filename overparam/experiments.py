@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, config_lib, metrics, objectives, plots, results,
-                       sweep, tensors)
+from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, metrics, objectives,
+                       plots, results, sweep, tensors)
 
 STATUS_NAMES = {algorithms.CONVERGED: 'converged', algorithms.DIVERGED: 'diverged'}
 
@@ -38,8 +38,67 @@ def _build_gd(c, dim: int, bucket: int):
                        eps=c.eps, dtype=dtype_of(c))
 
 
+def _build_beyond_lazy(c, dim: int, bucket: int):
+  b = c.beyond_lazy
+  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg)
+  return beyond_lazy.BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr,
+                                optimizer=c.optimizer, init_scale=b.init_scale,
+                                reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
+                                epoch_growth=b.epoch_growth, eps=c.eps, dtype=dtype_of(c))
+
+
+def _lazy_kwargs(c, dim: int, bucket: int):
+  spec = objectives.Spec(c.order, c.parametrization, 'dense', 0.0)
+  return dict(spec=spec, dim=dim, bucket=bucket, eps=c.eps, init_scale=c.init_scale,
+              symmetric_init=c.lazy.symmetric_init, ntk_scaling=c.lazy.ntk_scaling, dtype=dtype_of(c))
+
+
+def _build_lazy(c, dim: int, bucket: int):
+  return lazy.Lazy(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum,
+                   power_iters=c.lazy.power_iters, **_lazy_kwargs(c, dim, bucket))
+
+
+def _build_lazy_exact(c, dim: int, bucket: int):
+  return lazy.LazyExact(steps=1, **_lazy_kwargs(c, dim, bucket))
+
+
 # name -> builder(config, dim, bucket) returning an algorithm (see algorithms.py for the protocol).
-BUILDERS = {'gd': _build_gd}
+BUILDERS = {'gd': _build_gd, 'beyond_lazy': _build_beyond_lazy, 'lazy': _build_lazy,
+            'lazy_exact': _build_lazy_exact}
+
+
+# Algorithms whose model is alpha-scaled (config.alpha, or the cell axis config.alphas); rows of the
+# others carry alpha = None.
+ALPHA_ALGORITHMS = ('gd',)
+
+
+def alpha_configs(c: ml_collections.ConfigDict, alg_name: str):
+  """[(alpha, config with config.alpha = alpha)] for one algorithm: one per config.alphas (or
+  config.alpha when that is empty) for alpha-scaled algorithms, [(None, c)] for the others."""
+  if alg_name not in ALPHA_ALGORITHMS:
+    return [(None, c)]
+  out = []
+  for a in (tuple(c.alphas) or (c.alpha,)):
+    ca = c
+    if a != c.alpha:
+      ca = c.copy_and_resolve_references()
+      ca.alpha = float(a)
+    out.append((float(a), ca))
+  return out
+
+
+def rank_config(c: ml_collections.ConfigDict, rank: int) -> ml_collections.ConfigDict:
+  """c with config.rank = rank (one value of the cell axis config.ranks)."""
+  if rank == c.rank:
+    return c
+  cr = c.copy_and_resolve_references()
+  cr.rank = int(rank)
+  return cr
+
+
+def file_tag(c: ml_collections.ConfigDict, alpha: Optional[float]) -> str:
+  """Part of checkpoint/params/trajectory names for the cell axes config.ranks and config.alphas."""
+  return (f'_r{c.rank}' if c.ranks else '') + (f'_a{alpha:g}' if c.alphas and alpha is not None else '')
 
 
 def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int):
@@ -48,10 +107,12 @@ def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: i
   return BUILDERS[name](c, dim, bucket)
 
 
-def make_target(c, dim: int, seed: int, file_array: Optional[np.ndarray]) -> tensors.Target:
+def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:
+  """file_array: the loaded target file: a dense array (.npy) or (coeffs, factors) (.npz), or None."""
+  cp = file_array if isinstance(file_array, tuple) else None
   t = tensors.make_target(seed_keys(seed)[0], c.target.kind, c.order, dim, c.rank,
                           weights=tuple(c.target.weights), coherence=c.target.coherence,
-                          noise=c.target.noise, dense=file_array, dtype=dtype_of(c))
+                          noise=c.target.noise, dense=None if cp else file_array, cp=cp, dtype=dtype_of(c))
   return jax.tree.map(np.asarray, t)
 
 
@@ -96,12 +157,24 @@ def _rel_error_dense(model: np.ndarray, t: tensors.Target, order: int) -> Option
   return results.clean_number(np.linalg.norm(np.asarray(model, np.float64) - t_star) / np.linalg.norm(t_star))
 
 
-def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer) -> List[Dict]:
+def _number(x):
+  """An extras value for JSON: int for integer arrays, else clean_number."""
+  if np.issubdtype(np.asarray(x).dtype, np.integer):
+    return int(x)
+  return results.clean_number(x)
+
+
+def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer,
+             alpha: Optional[float] = None) -> List[Dict]:
   """One results row per cell; saves learned factors when asked.
+
+  alpha: the row's alpha (None for algorithms that are not alpha-scaled); file names carry it when
+  config.alphas makes alpha a cell axis.
 
   rel_error is recomputed on the host in float64 from the exported CP tensor (or the dense model
   for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged.
   """
+  tag = file_tag(c, alpha)
   rows = []
   for i, (width, seed) in enumerate(cells):
     code = int(out.state.status[i])
@@ -133,17 +206,18 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
            'movement': results.clean_number(metrics.movement(leaves, leaves0, width)),
            'recovered_fraction': None, 'params_file': None, 'wall_s': round(out.wall_s, 3),
            'batch_runs': len(cells), 'bucket': bucket}
-    row.update({k: results.clean_number(v[i]) for k, v in out.extras.items()})
+    row['alpha'] = alpha
+    row.update({k: _number(v[i]) for k, v in out.extras.items()})
     if coeffs is not None and rel is not None:
       if t.factors is not None:
         row.update(metrics.recovery(coeffs, factors, t.coeffs, t.factors, c.order))
       if c.save_params:
-        name = f'{alg_name}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
+        name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
         if is_writer:
           results.save_npz_atomic(os.path.join(wd.params_dir, name), coeffs=coeffs, factors=factors)
         row['params_file'] = os.path.join('params', name)
     if out.trace and is_writer:
-      name = f'{alg_name}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
+      name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
       results.save_npz_atomic(os.path.join(wd.trajectories_dir, name),
                               iteration=np.arange(1, next(iter(out.trace.values())).shape[1] + 1) * c.trace_every,
                               **{k: v[i] for k, v in out.trace.items()})
@@ -157,7 +231,9 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary."""
   config_lib.validate(c)
   file_array = None
-  if c.target.kind == 'file':
+  if c.target.kind == 'file' and tensors.is_cp_file(c.target.path):
+    file_array = tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
+  elif c.target.kind == 'file':
     file_array = tensors.load_target_file(c.target.path, c.order, c.dims)
   is_writer = jax.process_index() == 0
   wd = results.Workdir(workdir)
@@ -170,24 +246,27 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   done = {results.cell_id(r) for r in rows}
   seeds = [c.seed + s for s in range(c.num_seeds)]
   loss = config_lib.resolve_loss(c)
-  for dim in c.dims:
-    targets = {s: make_target(c, dim, s, file_array) for s in seeds}
-    for alg_name in c.algorithms:
+  for rank, dim in ((k, d) for k in config_lib.ranks_of(c) for d in c.dims):
+    cr = rank_config(c, rank)
+    targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
+    for alg_name, (alpha, ca) in ((n, ac) for n in c.algorithms for ac in alpha_configs(cr, n)):
+      tag = file_tag(ca, alpha)
       for bucket_ws in sweep.bucket_widths(c.widths):
         bucket = max(bucket_ws)
         cells = [(m, s) for m in bucket_ws for s in seeds
-                 if (alg_name, c.order, dim, c.rank, m, s) not in done]
+                 if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, rank=rank, width=m,
+                                         seed=s, alpha=alpha)) not in done]
         if not cells:
           continue
-        alg = build_algorithm(alg_name, c, dim, bucket)
-        label = f'{alg_name} l={c.order} d={dim} widths={bucket_ws}'
-        ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}_l{c.order}_d{dim}_B{bucket}.npz')
+        alg = build_algorithm(alg_name, ca, dim, bucket)
+        label = f'{alg_name}{tag} l={c.order} d={dim} widths={bucket_ws}'
+        ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{c.order}_d{dim}_B{bucket}.npz')
         out = sweep.run_program(
-            alg, run_data(c, cells, targets, bucket, loss), cells, chunk_steps=config_lib.chunk_of(c),
+            alg, run_data(cr, cells, targets, bucket, loss), cells, chunk_steps=config_lib.chunk_of(c),
             trace_every=c.trace_every,
             checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
             label=label, on_chunk=on_chunk)
-        new = finalize(c, alg_name, dim, cells, bucket, out, targets, wd, is_writer)
+        new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, alpha=alpha)
         if is_writer:
           wd.append_results(new)
           sweep.remove_checkpoint(ckpt)
@@ -196,5 +275,5 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   summary = analysis.summarize(rows, c.eps)
   if is_writer:
     results.write_json_atomic(wd.summary_path, summary)
-    plots.draw_all(rows, c.eps, wd.figures_dir)
+    plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
   return summary

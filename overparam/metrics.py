@@ -2,6 +2,7 @@
 
 from typing import Dict, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 RECOVERED_COS = 0.99
@@ -32,6 +33,29 @@ def recovery(coeffs, factors, true_coeffs, true_factors, order: int, active_tol:
       'aligned_weight': aligned,
       'recovered_fraction': float(np.mean(max_cos > RECOVERED_COS)),
       'active_components': int(np.sum(weight > active_tol * np.max(np.abs(cs)))),
+  }
+
+
+def alignment(coeffs, factors, true_coeffs, true_factors, order: int, active_tol: float = 1e-3) -> Dict:
+  """metrics.recovery in jax (traceable, any dtype), for trajectories: same definitions.
+
+  Returns max_cos (r,), aligned_weight (r,), recovered_fraction and active_components (scalars).
+  """
+  norms = jnp.linalg.norm(factors, axis=1)
+  tiny = jnp.finfo(factors.dtype).tiny
+  unit_v = factors / jnp.maximum(norms, tiny)[:, None]
+  unit_a = true_factors / jnp.linalg.norm(true_factors, axis=1, keepdims=True)
+  cos = jnp.abs(unit_v @ unit_a.T)  # (m, r)
+  weight = jnp.abs(coeffs) * norms ** order
+  max_cos = cos.max(axis=0)
+  best = cos.argmax(axis=1)
+  good = cos.max(axis=1) > RECOVERED_COS
+  onehot = (best[:, None] == jnp.arange(true_factors.shape[0])[None, :]) & good[:, None]
+  return {
+      'max_cos': max_cos,
+      'aligned_weight': jnp.sum(jnp.where(onehot, weight[:, None], 0.0), axis=0),
+      'recovered_fraction': jnp.mean((max_cos > RECOVERED_COS).astype(factors.dtype)),
+      'active_components': jnp.sum(weight > active_tol * jnp.max(jnp.abs(true_coeffs))).astype(jnp.int32),
   }
 
 

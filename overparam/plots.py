@@ -1,14 +1,17 @@
 """Figures drawn from result rows (matplotlib, Agg, PNG)."""
 
 import collections
+import math
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from overparam import analysis  # noqa: E402
 
 
 def rel_error_vs_width(rows: Sequence[Dict], eps: float, path: str, algorithm: str):
@@ -36,12 +39,313 @@ def rel_error_vs_width(rows: Sequence[Dict], eps: float, path: str, algorithm: s
   plt.close(fig)
 
 
-def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str):
-  """Every figure the rows support, into figures_dir; returns the paths written."""
+LAZY_ALGORITHMS = ('lazy', 'lazy_exact')
+
+
+def _dimension_count(d, order):
+  """C(d+l-1, l) / d = (d+1)...(d+l-1) / l!, smooth in d."""
+  d = np.asarray(d, np.float64)
+  return np.prod([d + k for k in range(1, order)], axis=0) / math.factorial(order)
+
+
+def _fit_label(fits, **match):
+  for f in fits:
+    if all(f.get(k) == v for k, v in match.items()):
+      return f', exponent {f["exponent"]:.2f}'
+  return ''
+
+
+def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
+  """Log-log m*(d) of the lazy algorithms, the tangent-rank threshold and the dimension count."""
+  ths = [t for t in analysis.thresholds(rows, eps) if t['order'] == order and t['algorithm'] in LAZY_ALGORITHMS]
+  rank_ths = [t for t in analysis.tangent_rank_thresholds(rows) if t['order'] == order]
+  fits = analysis.exponents(ths) + analysis.exponents(rank_ths, 'rank_m_star')
+  fig, ax = plt.subplots(figsize=(5.5, 4.2))
+  markers = {'lazy': ('o', 9), 'lazy_exact': ('x', 7)}
+  for alg in LAZY_ALGORITHMS:
+    pts = sorted((t['dim'], t['m_star']) for t in ths if t['algorithm'] == alg and t['m_star'] is not None)
+    if pts:
+      mk, size = markers[alg]
+      ax.plot(*zip(*pts), ls='none', marker=mk, ms=size, mfc='none', label=f'{alg} m*{_fit_label(fits, algorithm=alg, quantity="m_star")}')
+  pts = sorted((t['dim'], t['rank_m_star']) for t in rank_ths if t['rank_m_star'] is not None)
+  if pts:
+    ax.plot(*zip(*pts), ls='none', marker='s', ms=4, color='k',
+            label=f'tangent rank = C(d+l-1,l){_fit_label(fits, quantity="rank_m_star")}')
+  dims = sorted({t['dim'] for t in ths} | {t['dim'] for t in rank_ths})
+  if dims:
+    grid = np.geomspace(min(dims), max(dims), 100)
+    count = analysis.fit_power_law(dims, _dimension_count(dims, order))
+    ax.plot(grid, _dimension_count(grid, order), color='gray', lw=1,
+            label=f'dimension count C(d+l-1,l)/d' + (f', exponent {count["exponent"]:.2f}' if count else ''))
+    ax.plot(grid, grid ** (order - 1) / math.factorial(order), color='gray', lw=1, ls=':',
+            label=f'its asymptote d^{order - 1}/{order}!')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  _plain_log_axes(ax)
+  ax.set_xticks(dims)
+  ax.set_xlabel('dimension d')
+  ax.set_ylabel(f'smallest width m* (rel_error < {eps:g})')
+  ax.set_title(f'lazy regime, order {order}: m* versus d (d^{order - 1} asymptotically)')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
+  """rel_error, movement and linearization gap of alpha-scaled gd versus alpha (median over seeds,
+  band = min..max, diverged runs left out and marked), one line per (d, width); the lazy algorithms'
+  values as the alpha -> inf reference."""
+  groups = collections.defaultdict(lambda: collections.defaultdict(list))
+  ref = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    if r['status'] == 'diverged':  # its movement and gap are not numbers worth plotting either
+      continue
+    if r['algorithm'] == 'gd' and r.get('alpha') is not None:
+      groups[(r['dim'], r['width'])][r['alpha']].append(r)
+    elif r['algorithm'] in LAZY_ALGORITHMS:
+      ref[(r['dim'], r['width'])][r['algorithm']].append(r)
+  keys = ('rel_error', 'movement', 'linearization_gap')
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+  for (dim, width), by_alpha in sorted(groups.items()):
+    alphas = sorted(by_alpha)
+    for ax, key in zip(axes, keys):
+      vals = [[r[key] for r in by_alpha[a] if r.get(key) is not None] for a in alphas]
+      pts = [(a, np.median(v), min(v), max(v)) for a, v in zip(alphas, vals) if v]
+      if not pts:
+        continue
+      a, med, lo, hi = map(np.asarray, zip(*pts))
+      line, = ax.plot(a, med, marker='o', label=f'gd, d = {dim}, m = {width}')
+      ax.fill_between(a, lo, hi, color=line.get_color(), alpha=0.2)
+      for alg, ls in (('lazy', '--'), ('lazy_exact', ':')):
+        lazy_rows = ref[(dim, width)].get(alg, [])
+        v = [r[key] for r in lazy_rows if r.get(key) is not None]
+        if not v or key == 'linearization_gap':
+          continue
+        if key == 'movement':  # the alpha model moves W - W0 = (lazy step) / alpha
+          ax.plot(a, np.median(v) / a, ls=ls, color=line.get_color(), lw=1, label=f'{alg} movement / alpha')
+        else:
+          ax.axhline(np.median(v), ls=ls, color=line.get_color(), lw=1, label=f'{alg} (alpha -> inf)')
+  diverged = sorted({r['alpha'] for r in rows if r['algorithm'] == 'gd' and r.get('alpha') is not None
+                     and r['rel_error'] is None})
+  if diverged:  # no number to plot: mark where they are
+    axes[0].plot(diverged, [1.0] * len(diverged), ls='none', marker='x', color='r', label='diverged (some seeds)')
+  axes[0].axhline(eps, color='k', lw=0.8, label=f'eps = {eps:g}')
+  for ax, key in zip(axes, ('relative error', 'movement ||W - W0|| / ||W0||', 'linearization gap / ||T*||')):
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('alpha')
+    ax.set_ylabel(key)
+  axes[0].legend(fontsize=7)
+  axes[1].legend(fontsize=7)
+  fig.suptitle('alpha-scaling (Chizat et al.): gd on alpha (T(W) - T(W0)), loss / alpha^2')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _series_label(alg, alpha, extra='', rows=()):
+  """`alg[ (alpha = a)]extra`; alpha shown only when the rows hold several alphas of alg."""
+  swept = len({r.get('alpha') for r in rows if r['algorithm'] == alg}) > 1
+  return alg + (f' (alpha = {alpha:g})' if swept and alpha is not None else '') + extra
+
+
+def _plain_log_axes(ax):
+  """Log axes labelled 1, 2, 10, 100 rather than 10^0, 2 x 10^0."""
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
+  """Log-log m*(d) of every algorithm, one series per (algorithm, order, rank[, alpha]), with the
+  fitted power-law exponent in the legend; open triangles at the largest width mark d where no
+  width reached eps (m* > max width)."""
+  ths = analysis.thresholds(rows, eps)
+  fits = analysis.exponents(ths)
+  top = max(r['width'] for r in rows)
+  series = collections.defaultdict(list)
+  for t in ths:
+    series[(t['algorithm'], t['order'], t['rank'], t.get('alpha'))].append(t)
+  fig, ax = plt.subplots(figsize=(5.8, 4.2))
+  for (alg, order, rank, alpha), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
+    if len({t['dim'] for t in ts}) < 2:
+      continue
+    pts = sorted((t['dim'], t['m_star']) for t in ts if t['m_star'] is not None)
+    fit = _fit_label(fits, algorithm=alg, order=order, rank=rank, quantity='m_star', **(
+        {'alpha': alpha} if alpha is not None else {}))
+    label = _series_label(alg, alpha, f', l = {order}, r = {rank}{fit}', rows)
+    line, = ax.plot(*zip(*pts), marker='o', label=label) if pts else ax.plot([], [], label=label)
+    miss = sorted(t['dim'] for t in ts if t['m_star'] is None)
+    if miss:
+      ax.plot(miss, [top] * len(miss), ls='none', marker='^', mfc='none', color=line.get_color())
+  for order in sorted({t['order'] for t in ths}):  # what the lazy regime needs, for scale
+    dims = sorted({t['dim'] for t in ths if t['order'] == order})
+    if len(dims) > 1:
+      grid = np.geomspace(min(dims), max(dims), 100)
+      ax.plot(grid, _dimension_count(grid, order), color='gray', lw=1, ls='--',
+              label=f'lazy regime: dimension count C(d+l-1,l)/d, l = {order}')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('dimension d')
+  ax.set_ylabel(f'm* (half the seeds reach rel_error < {eps:g})')
+  _plain_log_axes(ax)
+  ax.set_title('smallest width m* versus d')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def m_star_vs_rank(rows: Sequence[Dict], eps: float, path: str):
+  """Log-log m*(r), one series per (algorithm, order, d[, alpha]), fitted exponent in the legend;
+  the line m = r (the fewest components that can fit a rank-r target) for reference."""
+  ths = analysis.thresholds(rows, eps)
+  fits = analysis.rank_exponents(ths)
+  series = collections.defaultdict(list)
+  for t in ths:
+    series[(t['algorithm'], t['order'], t['dim'], t.get('alpha'))].append(t)
+  fig, ax = plt.subplots(figsize=(5.8, 4.2))
+  ranks = sorted({t['rank'] for t in ths})
+  for (alg, order, dim, alpha), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
+    pts = sorted((t['rank'], t['m_star']) for t in ts if t['m_star'] is not None)
+    if len({t['rank'] for t in ts}) < 2 or not pts:
+      continue
+    fit = _fit_label(fits, algorithm=alg, order=order, dim=dim, **({'alpha': alpha} if alpha is not None else {}))
+    ax.plot(*zip(*pts), marker='o', label=_series_label(alg, alpha, f', l = {order}, d = {dim}{fit}', rows))
+  ax.plot(ranks, ranks, color='gray', lw=1, ls=':', label='m = r')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('rank r')
+  ax.set_ylabel(f'm* (half the seeds reach rel_error < {eps:g})')
+  _plain_log_axes(ax)
+  ax.set_title('smallest width m* versus the rank of T*')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
+  """Share of seeds reaching rel_error < eps versus the over-parameterization m / r (the local-minima
+  experiment): one panel per algorithm[, alpha], one line per rank, colored by rank."""
+  series = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    series[(r['algorithm'], r.get('alpha'))][(r['rank'], r['width'] / r['rank'])].append(
+        r['rel_error'] is not None and r['rel_error'] < eps)
+  ranks = sorted({r['rank'] for r in rows})
+  colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(ranks)))
+  fig, axes = plt.subplots(1, len(series), figsize=(5.0 * len(series), 4.0), sharey=True, squeeze=False)
+  for ax, ((alg, alpha), by_cell) in zip(axes[0], sorted(series.items(), key=lambda kv: str(kv[0]))):
+    for rank, color in zip(ranks, colors):
+      pts = sorted((q, np.mean(v), len(v)) for (k, q), v in by_cell.items() if k == rank)
+      if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker='o', ms=4, color=color,
+                label=f'r = {rank} ({min(p[2] for p in pts)} seeds)')
+    ax.axvline(1.0, color='gray', lw=0.8, ls=':')
+    ax.set_xscale('log', base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel('over-parameterization m / r')
+    ax.set_title(_series_label(alg, alpha, '', rows))
+    ax.legend(fontsize=7)
+  axes[0][0].set_ylabel(f'success rate (rel_error < {eps:g})')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _alignment_trajectories(rows: Sequence[Dict], workdir: str):
+  """(row, trajectory dict) for rows whose trajectory records per-component alignment."""
+  out = []
+  for r in rows:
+    f = r.get('trajectory_file')
+    if not f or not os.path.exists(os.path.join(workdir, f)):
+      continue
+    with np.load(os.path.join(workdir, f)) as z:
+      if 'aligned_weight' in z.files and 'target_weight' in z.files:
+        out.append((r, {k: z[k] for k in z.files}))
+  return sorted(out, key=lambda rt: (rt[0]['algorithm'], rt[0]['dim'], rt[0]['width'], rt[0]['seed']))
+
+
+def deflation(rows: Sequence[Dict], workdir: str, eps: float, path: str, max_runs: int = 4):
+  """The deflation picture from saved trajectories: (left) rel_error versus iteration of a few runs
+  (a staircase: one step per fitted component); (middle) weight aligned with each a_j over c*_j for
+  the first run, with the iteration at which it reaches 1/2 (analysis.fit_steps); (right) that
+  iteration versus c*_j over every run: the largest components are fitted first."""
+  trajs = _alignment_trajectories(rows, workdir)
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for r, z in trajs[:max_runs]:
+    axes[0].plot(z['iteration'], z['rel_error'], label=f"{r['algorithm']} d={r['dim']} m={r['width']} seed {r['seed']}")
+  axes[0].axhline(eps, color='k', ls='--', lw=0.8, label=f'eps = {eps:g}')
+  axes[0].set_yscale('log')
+  axes[0].set_xlabel('iteration')
+  axes[0].set_ylabel('relative error')
+  axes[0].set_title('loss curve')
+  axes[0].legend(fontsize=7)
+  if trajs:
+    r, z = trajs[0]
+    cs = np.abs(z['target_weight'][0])
+    steps = analysis.fit_steps(z['iteration'], z['aligned_weight'], z['target_weight'][0])
+    for j in np.argsort(-cs):
+      line, = axes[1].plot(z['iteration'], z['aligned_weight'][:, j] / cs[j], label=f'a_{j + 1}, c* = {cs[j]:g}')
+      if steps[j] is not None:
+        axes[1].axvline(steps[j], color=line.get_color(), ls=':', lw=1)
+    order = ', '.join(f'a_{j + 1}' for j in analysis.fit_order(steps) if steps[j] is not None)
+    axes[1].set_title(f"seed {r['seed']}: fitted in the order {order}", fontsize=9)
+  axes[1].set_xlabel('iteration')
+  axes[1].set_ylabel('aligned weight / c*_j')
+  axes[1].legend(fontsize=7)
+  for r, z in trajs:
+    cs = np.abs(z['target_weight'][0])
+    steps = analysis.fit_steps(z['iteration'], z['aligned_weight'], z['target_weight'][0])
+    pts = [(cs[j], s) for j, s in enumerate(steps) if s is not None]
+    if pts:
+      axes[2].plot(*zip(*sorted(pts)), marker='o', alpha=0.6, lw=0.8)
+  axes[2].set_xscale('log')
+  axes[2].set_yscale('log')
+  _plain_log_axes(axes[2])
+  axes[2].set_xlabel('c*_j')
+  axes[2].set_ylabel('iteration at which a_j is half fitted')
+  axes[2].set_title(f'every run ({len(trajs)}): larger components first')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str, workdir: Optional[str] = None):
+  """Every figure the rows support, into figures_dir; returns the paths written.
+
+  workdir: where the rows' trajectory files are (the deflation figure needs them)."""
   os.makedirs(figures_dir, exist_ok=True)
   paths = []
-  for alg in sorted({r['algorithm'] for r in rows}):
+  algs = {r['algorithm'] for r in rows}
+  swept = {a for a in algs if len({r.get('alpha') for r in rows if r['algorithm'] == a}) > 1}
+  for alg in sorted(algs - swept):  # an alpha sweep has its own figure
     p = os.path.join(figures_dir, f'rel_error_vs_width_{alg}.png')
     rel_error_vs_width(rows, eps, p, alg)
+    paths.append(p)
+  for order in sorted({r['order'] for r in rows if r['algorithm'] in LAZY_ALGORITHMS}):
+    if len({r['dim'] for r in rows if r['order'] == order and r['algorithm'] in LAZY_ALGORITHMS}) > 1:
+      p = os.path.join(figures_dir, f'lazy_threshold_l{order}.png')
+      lazy_threshold(rows, eps, p, order)
+      paths.append(p)
+  if 'gd' in swept:
+    p = os.path.join(figures_dir, 'alpha_scaling.png')
+    alpha_scaling(rows, eps, p)
+    paths.append(p)
+  if any(len({r['dim'] for r in rows if r['algorithm'] == a}) > 1 for a in algs - set(LAZY_ALGORITHMS)):
+    p = os.path.join(figures_dir, 'm_star_vs_dim.png')
+    m_star_vs_dim(rows, eps, p)
+    paths.append(p)
+  if len({r['rank'] for r in rows}) > 1:
+    for name, fn in (('m_star_vs_rank', m_star_vs_rank), ('success_vs_overparam', success_vs_overparam)):
+      p = os.path.join(figures_dir, f'{name}.png')
+      fn(rows, eps, p)
+      paths.append(p)
+  if workdir is not None and _alignment_trajectories(rows, workdir):
+    p = os.path.join(figures_dir, 'deflation.png')
+    deflation(rows, workdir, eps, p)
     paths.append(p)
   return paths

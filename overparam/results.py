@@ -12,7 +12,8 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 
-CELL_KEYS = ('algorithm', 'order', 'dim', 'rank', 'width', 'seed')
+# alpha: the Chizat alpha of gd rows (config.alphas makes it a cell axis); None for other algorithms.
+CELL_KEYS = ('algorithm', 'order', 'dim', 'rank', 'width', 'seed', 'alpha')
 # config.json fields that record the environment rather than the experiment.
 VOLATILE_KEYS = ('provenance',)
 
@@ -22,7 +23,7 @@ class WorkdirError(ValueError):
 
 
 def cell_id(row: Dict) -> tuple:
-  return tuple(row[k] for k in CELL_KEYS)
+  return tuple(row.get(k) for k in CELL_KEYS)
 
 
 def _fsync_dir(path: str):

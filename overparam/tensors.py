@@ -154,17 +154,22 @@ def coherent(key, rank: int, dim: int, coherence: float, dtype=jnp.float32) -> j
 
 def make_target(key, kind: str, order: int, dim: int, rank: int, *,
                 weights: Sequence[float] = (), coherence: float = 0.0, noise: float = 0.0,
-                dense: Optional[np.ndarray] = None, dtype=jnp.float32) -> Target:
+                dense: Optional[np.ndarray] = None, cp: Optional[tuple] = None,
+                dtype=jnp.float32) -> Target:
   """Builds T* for one seed. `key` drives the factors; noise uses fold_in(key, 1).
 
-  kind: one of TARGET_KINDS; 'file' takes the already validated `dense` array.
+  kind: one of TARGET_KINDS; 'file' takes the already validated `dense` array (a .npy file) or
+  `cp` = (coeffs, factors) (a .npz file, see load_target_cp).
   weights: c*_j, length rank (empty: all ones). noise: Gaussian noise, symmetrized and scaled
   to `noise * ||T*||_F`, added to the dense target.
   """
   if kind == 'file':
-    if dense is None:
-      raise TargetError('config.target.path must name a .npy file for target.kind=file')
-    t = Target(dense=jnp.asarray(dense, dtype))
+    if cp is not None:
+      t = Target(coeffs=jnp.asarray(cp[0], dtype), factors=jnp.asarray(cp[1], dtype))
+    elif dense is None:
+      raise TargetError('config.target.path must name a .npy or .npz file for target.kind=file')
+    else:
+      t = Target(dense=jnp.asarray(dense, dtype))
   else:
     if kind == 'random_unit':
       a = random_unit(key, rank, dim, dtype)
@@ -194,6 +199,52 @@ def target_sq_norm(target: Target, order: int) -> jax.Array:
   if target.dense is not None:
     return jnp.sum(target.dense ** 2)
   return cp_self_inner(target.coeffs, target.factors, order)
+
+
+def is_cp_file(path: str) -> bool:
+  """A .npz target file holds a CP tensor (coeffs, factors); a .npy file a dense tensor."""
+  return str(path).lower().endswith('.npz')
+
+
+def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tuple:
+  """Loads and validates a user's CP target: a .npz with `coeffs` (r,) and `factors` (r, d).
+
+  T* = sum_j coeffs_j factors_j^{(x)l} for any order l (the params/*.npz a run exports is such a
+  file). The target is factored, so the implicit loss and the recovery metrics apply. Raises
+  TargetError naming config.target.path (or config.rank, which must equal r) and what is wrong.
+  Returns float64 (coeffs * ||factors_j||^order, factors / ||factors_j||): the same tensor with unit
+  factors, as generated targets have (c*_j is then the weight the recovery metrics compare with).
+  """
+  field = 'config.target.path'
+  if not os.path.isfile(path):
+    raise TargetError(f'{field}: no such file {path!r}')
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # noqa: BLE001 - any failure to parse is the same user error
+    raise TargetError(f'{field}: cannot read {path!r} as a .npz archive ({type(e).__name__})') from None
+  missing = [k for k in ('coeffs', 'factors') if k not in arrays]
+  if missing:
+    raise TargetError(f'{field}: {path!r} must hold arrays coeffs (r,) and factors (r, d); missing {", ".join(missing)}')
+  c, a = arrays['coeffs'], arrays['factors']
+  for name, x in (('coeffs', c), ('factors', a)):
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+      raise TargetError(f'{field}: {name} must be a real numeric array, got dtype {x.dtype}')
+    if not np.all(np.isfinite(x)):
+      raise TargetError(f'{field}: {name} has {int(np.sum(~np.isfinite(x)))} non-finite entries')
+  if c.ndim != 1 or a.ndim != 2 or a.shape[0] != c.shape[0] or c.shape[0] == 0:
+    raise TargetError(f'{field}: coeffs must have shape (r,) and factors (r, d) with r >= 1, got '
+                      f'{c.shape} and {a.shape}')
+  if tuple(dims) != (a.shape[1],):
+    raise TargetError(f'{field}: factors have d={a.shape[1]}, config.dims must be ({a.shape[1]},), got {tuple(dims)}')
+  if rank != c.shape[0]:
+    raise TargetError(f'config.rank must equal the number of components in {field} ({c.shape[0]}), got {rank}')
+  if np.any(np.linalg.norm(a, axis=1) == 0) or not np.any(c):
+    raise TargetError(f'{field}: factors has zero rows or coeffs are all zero (T* must be a nonzero CP tensor '
+                      'with a direction per component)')
+  a = a.astype(np.float64)
+  norms = np.linalg.norm(a, axis=1)
+  return c.astype(np.float64) * norms ** order, a / norms[:, None]
 
 
 def load_target_file(path: str, order: int, dims: Sequence[int], sym_tol: float = 1e-5) -> np.ndarray:

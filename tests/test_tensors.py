@@ -191,3 +191,37 @@ def test_load_target_file_rejects(tmp_path, case, match):
   with pytest.raises(tensors.TargetError, match=match) as e:
     tensors.load_target_file(path, 3, dims)
   assert 'config.target.path' in str(e.value)
+
+
+def _save_npz(tmp_path, name, **arrays):
+  p = tmp_path / name
+  np.savez(p, **arrays)
+  return str(p)
+
+
+def test_load_target_cp_round_trip(tmp_path):
+  rng = np.random.default_rng(3)
+  c, a = np.array([2.0, -0.5, 1.0]), rng.normal(size=(3, 5))
+  got_c, got_a = tensors.load_target_cp(_save_npz(tmp_path, 't.npz', coeffs=c, factors=a), 4, (5,), 3)
+  np.testing.assert_allclose(np.linalg.norm(got_a, axis=1), 1.0, rtol=1e-14)  # unit factors,
+  np.testing.assert_allclose(got_c, c * np.linalg.norm(a, axis=1) ** 4, rtol=1e-14)  # norms^l in c*
+  assert tensors.is_cp_file('x/t.NPZ') and not tensors.is_cp_file('x/t.npy')
+  t = tensors.make_target(KEY, 'file', 4, 5, 3, cp=(got_c, got_a), dtype=jnp.float64)
+  assert t.factored
+  np.testing.assert_allclose(np.asarray(tensors.dense_cp(t.coeffs, t.factors, 4)), np_outer_cp(c, a, 4), rtol=1e-12)
+
+
+@pytest.mark.parametrize('arrays, dims, rank, match', [
+    (dict(coeffs=np.ones(2)), (4,), 2, 'missing factors'),
+    (dict(coeffs=np.ones(2), factors=np.ones((3, 4))), (4,), 2, r'shape \(r,\)'),
+    (dict(coeffs=np.ones(2), factors=np.ones((2, 4))), (5,), 2, 'config.dims must be'),
+    (dict(coeffs=np.ones(2), factors=np.ones((2, 4))), (4,), 3, 'config.rank must equal'),
+    (dict(coeffs=np.array([1.0, np.nan]), factors=np.ones((2, 4))), (4,), 2, 'non-finite'),
+    (dict(coeffs=np.ones(2), factors=np.zeros((2, 4))), (4,), 2, 'zero rows'),
+    (dict(coeffs=np.array(['a', 'b']), factors=np.ones((2, 4))), (4,), 2, 'real numeric'),
+])
+def test_load_target_cp_rejects(tmp_path, arrays, dims, rank, match):
+  with pytest.raises(tensors.TargetError, match=match):
+    tensors.load_target_cp(_save_npz(tmp_path, 'bad.npz', **arrays), 3, dims, rank)
+  with pytest.raises(tensors.TargetError, match='no such file'):
+    tensors.load_target_cp(str(tmp_path / 'absent.npz'), 3, dims, rank)

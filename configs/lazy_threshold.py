@@ -1,0 +1,50 @@
+r"""Lazy (NTK) threshold, order 3: the smallest width m*(d) at which the lazy model fits T*.
+
+  python launch.py --config=configs/lazy_threshold.py --workdir=workdirs/lazy_threshold
+
+Order 4 is configs/lazy_threshold_l4.py. For every d, `lazy_exact` projects T* onto the tangent space
+range(J) at the random init and measures the numerical rank of J; `lazy` runs GD (Nesterov
+momentum, step 1 / lambda_max(J^T J)) on the jax.linearize model. summary.json holds m* of both,
+the tangent-rank threshold (`tangent_rank_thresholds`: the smallest width whose J has full rank
+C(d+l-1, l) in at least half the seeds) and power-law fits of each against d;
+figures/lazy_threshold_l3.png overlays the dimension count C(d+l-1, l)/d and its asymptote d^2/3!.
+The symmetric init makes T(W0) = 0, so the lazy model fits T* itself; float64 makes the rank
+reliable at the threshold (J is nearly square there). eps = 1e-2: just below the threshold the
+projection misses k >= 1 of the C(d+l-1, l) directions and its error, ~sqrt(k / C(d+l-1, l)), was
+>= 0.03 in every run measured.
+
+m* is resolved to the width grid. Where a grid width makes m d = C(d+l-1, l) exactly (here d = 4,
+m = 5 and d = 16, m = 51), J is square and `lazy` GD does not reach eps within `steps` (its error was
+0.03..0.07 after 4,000 steps), so its m* is the next grid width while `lazy_exact`'s equals the rank
+threshold. Over d = 4..24 the fitted exponent of m* is ~1.8, not 2: C(d+2, 3)/d = (d+1)(d+2)/6 has
+local slope d/(d+1) + d/(d+2) (1.88 at d = 24) and reaches d^2 only asymptotically.
+
+Expected run time: about 15 minutes on 2 CPU cores (4 seeds; GD and the Gram eigendecompositions at
+d = 20, 24 dominate, and ~80 programs compile). --config.num_seeds=2 halves the compute.
+"""
+
+import numpy as np
+
+from overparam import config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.algorithms = ('lazy_exact', 'lazy')
+  c.order = 3
+  c.dims = (4, 6, 8, 12, 16, 20, 24)
+  c.rank = 3
+  # A geometric grid (ratio ~1.2) covering the thresholds; m* is resolved to this grid.
+  c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 128, 20))))
+  c.num_seeds = 4
+  c.target.kind = 'random_unit'
+  c.parametrization = 'cp'
+  c.init_scale = 1.0
+  c.lazy.symmetric_init = True
+  c.lazy.momentum = 0.99
+  c.steps = 4000
+  c.chunk_steps = 500
+  c.eps = 1e-2
+  c.x64 = True
+  c.save_params = False
+  return c

@@ -1,0 +1,39 @@
+r"""Lazy (NTK) threshold, order 4: configs/lazy_threshold.py with l = 4 and d from 3 to 10.
+
+  python launch.py --config=configs/lazy_threshold_l4.py --workdir=workdirs/lazy_threshold_l4
+
+Everything as in configs/lazy_threshold.py (whose docstring explains the fields) but the order, the
+dimensions and the width grid. At d = 3, 4, 5 the tangent space is defective (Alexander-Hirschowitz):
+m d >= C(d+3, 4) does not give a full rank (m = 5, 9, 14 have rank C(d+3, 4) - 1), so the measured
+threshold is one width above the dimension count. At d = 9 the grid width 55 makes J square
+(55 * 9 = C(12, 4)) and `lazy` GD stops short of eps there (see configs/lazy_threshold.py). Over
+d = 3..10 the fitted exponent of m* is ~2.1, far from the asymptotic 3: C(d+3, 4)/d =
+(d+1)(d+2)(d+3)/24 has local slope ~2.5 at d = 10.
+
+Expected run time: about 10 minutes on 2 CPU cores (4 seeds; ~80 programs compile).
+"""
+
+import numpy as np
+
+from overparam import config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.algorithms = ('lazy_exact', 'lazy')
+  c.order = 4
+  c.dims = (3, 4, 5, 6, 7, 8, 9, 10)
+  c.rank = 3
+  c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 96, 18))))
+  c.num_seeds = 4
+  c.target.kind = 'random_unit'
+  c.parametrization = 'cp'
+  c.init_scale = 1.0
+  c.lazy.symmetric_init = True
+  c.lazy.momentum = 0.99
+  c.steps = 4000
+  c.chunk_steps = 500
+  c.eps = 1e-2
+  c.x64 = True
+  c.save_params = False
+  return c

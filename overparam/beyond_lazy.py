@@ -1,0 +1,193 @@
+"""The beyond-lazy variant of gradient descent (Wang, Wu, Lee, Ma, Ge 2020; DESIGN.md section 2).
+
+Model: the 2-homogeneous parametrization T(W) = sum_i s_i ||w_i||^2 (w_i / ||w_i||)^{(x)l}.
+Loss:  1/2 ||T(W) - T*/||T*||_F||_F^2 + reg/2 ||W||_F^2   (the target is normalized, see below).
+Init:  w_i = init_scale * Unif(S^{d-1}), component i from fold_in(init_key, i).
+Epochs: epoch e (e = 0, 1, ...) lasts round(epoch_length * epoch_growth^e) steps. At the start of
+  every epoch e >= 1, each real component with ||w_i|| < reinit_threshold is re-drawn as
+  init_scale * Unif(S^{d-1}) from fold_in(fold_in(reinit_key, e), i); every other component, and
+  the padding, is left as it is. Optimizer moments of a re-drawn component are reset.
+Stop:  rel_error < eps (checked at every step by algorithms.guarded_update; in float32 at 0.99 eps,
+  see F32_STOP_MARGIN) or the step budget.
+
+Why it leaves the lazy regime: under this parametrization the direction v_i = w_i / ||w_i|| moves
+at a speed independent of ||w_i|| (dv_i/dt = l P_perp (T* - T)(v_i, ..., v_i, .) -- a tensor power
+flow), while log ||w_i|| grows at rate 2 <T* - T, v_i^{(x)l}> - reg. A small init therefore costs
+nothing in the direction dynamics but keeps every component tiny until its direction has locked on
+a component a_j of the residual; the large a_j are fitted first (deflation), and components that
+arrive at an already fitted a_j stop growing and are recycled by the re-initialization.
+
+Units. The algorithm trains on T* / ||T*||_F and rescales its export by ||T*||_F: the parameters
+(init_scale, reinit_threshold, reg, lr) are dimensionless, so one set of defaults works whatever
+the scale of the target (rank, weights, a user's file). The step size has its own field
+(config.beyond_lazy.lr) because of this: config.lr is plain gd's step on the raw loss.
+
+The re-initialization is a mask, never a Python branch: the step function of every run is the same
+traced program, so it runs inside the sweep engine's vmapped scan. Under vmap a conditional
+executes both branches, so drawing B fresh directions at every step to use them only at epoch
+boundaries would cost O(B d) random numbers per step (measured: 2-3x the step itself at B = 32).
+Instead the directions of the next epoch's re-draws are drawn ahead, ceil(B / epoch_length) rows
+per step, into a (B, d) buffer: row i of epoch e is always fold_in(fold_in(reinit_key, e), i)
+whichever step drew it, and every epoch is at least epoch_length steps long, so the buffer is
+complete at the boundary.
+"""
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from overparam import algorithms, objectives, tensors
+from overparam.algorithms import RunData, RunState
+
+
+# In float32 the in-loop rel_error (implicit loss: three O(||T*||^2) terms that cancel) is off by
+# up to ~0.3% of itself at rel_error 1e-2 (measured against the float64 value finalize reports), and
+# a run stops at the first step whose estimate crosses eps: so a float32 run stops at (1 - margin) eps
+# and its reported float64 rel_error lands below eps. Below eps ~ 1e-2 use x64.
+F32_STOP_MARGIN = 0.01
+
+
+class Aux(NamedTuple):
+  """Algorithm state carried in RunState.aux."""
+  epoch: jax.Array        # index of the current epoch (0 until the first boundary)
+  epoch_start: jax.Array  # step at which the current epoch started
+  boundary: jax.Array     # step at which the next epoch starts
+  reinits: jax.Array      # components re-drawn so far (all epochs)
+  pending: jax.Array      # (B, d) re-draw directions of the next epoch, filled during this one
+
+
+def epoch_length_of(epoch, epoch_length: int, epoch_growth: float):
+  """Length in steps of epoch `epoch` (0-based): max(1, round(epoch_length * epoch_growth^epoch))."""
+  e = jnp.asarray(epoch, jnp.float32)
+  n = jnp.round(epoch_length * jnp.power(jnp.float32(epoch_growth), e))
+  return jnp.clip(n, 1.0, 2.0 ** 30).astype(jnp.int32)
+
+
+def normalized_target(target: tensors.Target, scale) -> tensors.Target:
+  """T* / scale, keeping every part of the target (CP structure and dense tensor) consistent."""
+  return tensors.Target(
+      coeffs=None if target.coeffs is None else target.coeffs / scale,
+      factors=target.factors,
+      dense=None if target.dense is None else target.dense / scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class BeyondLazy:
+  """Algorithm 1 of the paper as a per-run algorithm of the sweep engine (see module docstring).
+
+  spec must use the homogeneous parametrization; spec.reg is the regularizer (normalized units).
+  """
+  spec: objectives.Spec
+  dim: int
+  bucket: int
+  steps: int
+  lr: float
+  optimizer: str = 'sgd'
+  init_scale: float = 1e-3
+  reinit_threshold: float = 1e-2
+  epoch_length: int = 100
+  epoch_growth: float = 1.5
+  eps: float = 1e-2
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.spec.parametrization != 'homogeneous':
+      raise ValueError(f'beyond_lazy needs the homogeneous parametrization, got {self.spec.parametrization!r}')
+
+  def _opt(self):
+    return algorithms.make_optimizer(self.optimizer, self.lr)
+
+  def _scale(self, data: RunData):
+    return jnp.sqrt(data.target_sq).astype(self.dtype)
+
+  @property
+  def rows_per_step(self) -> int:
+    """Rows of the next epoch's re-draw buffer drawn at each step (the buffer fills in one epoch)."""
+    return max(1, -(-self.bucket // self.epoch_length))
+
+  def fresh_directions(self, reinit_key, epoch, ids):
+    """init_scale * Unif(S^{d-1}) for components `ids` (k,) of epoch `epoch`: (k, d).
+
+    Component i of epoch e uses fold_in(fold_in(reinit_key, e), i), as objectives.init_params
+    draws component i from fold_in(key, i).
+    """
+    ek = jax.random.fold_in(reinit_key, epoch)
+    g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(ek, i), (self.dim,), self.dtype))(ids)
+    return self.init_scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+
+  def init(self, data: RunData) -> RunState:
+    p = objectives.init_params(data.init_key, 'homogeneous', self.bucket, self.dim, self.init_scale, self.dtype)
+    zero = jnp.zeros((), jnp.int32)
+    aux = Aux(epoch=zero, epoch_start=zero,
+              boundary=epoch_length_of(0, self.epoch_length, self.epoch_growth),
+              reinits=zero, pending=jnp.zeros((self.bucket, self.dim), self.dtype))
+    return RunState(params=p, opt_state=self._opt().init(p), params0=p,
+                    step=zero, status=jnp.full((), algorithms.RUNNING, jnp.int32),
+                    rel_err=jnp.full((), jnp.inf, self.dtype), aux=aux)
+
+  def reinitialize(self, state: RunState, data: RunData) -> RunState:
+    """Starts the next epoch if this step is an epoch boundary (a no-op otherwise).
+
+    At a boundary of a running run, re-draws exactly the real components whose norm is below
+    reinit_threshold, resets their optimizer moments, and advances epoch and boundary.
+    """
+    aux = state.aux
+    at = ((state.status == algorithms.RUNNING) & (state.step == aux.boundary)
+          & (state.step < self.steps))
+    new_epoch = aux.epoch + 1
+    w = state.params['factors']
+    small = jnp.sum(w * w, axis=-1) < self.reinit_threshold ** 2
+    redraw = at & (data.mask > 0) & small
+    params = {**state.params, 'factors': jnp.where(redraw[:, None], aux.pending, w)}
+    fresh_opt = self._opt().init(params)
+
+    def reset(old, new):  # per-component optimizer leaves (moments) restart with the component
+      if old.shape == w.shape:
+        return jnp.where(redraw[:, None], new, old)
+      return old
+    opt_state = jax.tree.map(reset, state.opt_state, fresh_opt)
+    aux = aux._replace(
+        epoch=jnp.where(at, new_epoch, aux.epoch),
+        epoch_start=jnp.where(at, state.step, aux.epoch_start),
+        boundary=jnp.where(at, aux.boundary + epoch_length_of(new_epoch, self.epoch_length,
+                                                              self.epoch_growth), aux.boundary),
+        reinits=aux.reinits + jnp.sum(redraw).astype(jnp.int32))
+    return state._replace(params=params, opt_state=opt_state, aux=aux)
+
+  def draw_ahead(self, state: RunState, data: RunData) -> RunState:
+    """Draws the next rows of the next epoch's re-draw buffer (idempotent once it is full)."""
+    aux = state.aux
+    k = self.rows_per_step
+    ids = jnp.minimum((state.step - aux.epoch_start) * k + jnp.arange(k), self.bucket - 1)
+    rows = self.fresh_directions(data.reinit_key, aux.epoch + 1, ids)
+    return state._replace(aux=aux._replace(pending=aux.pending.at[ids].set(rows)))
+
+  def loss(self, params, data: RunData):
+    target = normalized_target(data.target, self._scale(data))
+    return objectives.objective(params, data.signs, data.mask, target, self.spec)
+
+  @property
+  def stop_eps(self) -> float:
+    """The in-loop threshold: eps, less F32_STOP_MARGIN in float32 (see there)."""
+    return self.eps * (1.0 - F32_STOP_MARGIN) if jnp.dtype(self.dtype) == jnp.float32 else self.eps
+
+  def step(self, state: RunState, data: RunData) -> RunState:
+    state = self.draw_ahead(self.reinitialize(state, data), data)
+    out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, data)
+    return algorithms.guarded_update(state, out, grads, self._opt(), self.stop_eps, self.steps,
+                                     jnp.ones_like(data.target_sq))
+
+  def export(self, state: RunState, data: RunData):
+    c, v = objectives.canonical(state.params, 'homogeneous', data.signs)
+    return c * data.mask * self._scale(data), v
+
+  def extras(self, state: RunState, data: RunData):
+    return {'epochs': state.aux.epoch, 'reinitialized': state.aux.reinits}
+
+  def trace(self, state: RunState, data: RunData):
+    out = {'rel_error': state.rel_err, 'step': state.step, 'epoch': state.aux.epoch}
+    if data.target.factors is not None:
+      out.update(algorithms.alignment_trace(*self.export(state, data), data, self.spec.order))
+    return out
