@@ -6,7 +6,8 @@ Everything as in configs/lazy_threshold.py (whose docstring explains the fields)
 dimensions and the width grid. At d = 3, 4, 5 the tangent space is defective (Alexander-Hirschowitz):
 m d >= C(d+3, 4) does not give a full rank (m = 5, 9, 14 have rank C(d+3, 4) - 1), so the measured
 threshold is one width above the dimension count. At d = 9 the grid width 55 makes J square
-(55 * 9 = C(12, 4)) and `lazy` GD stops short of eps there (see configs/lazy_threshold.py). Over
+(55 * 9 = C(12, 4)) and at d = 6 nearly so (22 * 6 = 132, C(9, 4) = 126): `lazy` GD stopped short of
+eps there in most seeds (see configs/lazy_threshold.py), `lazy_exact` did not. Over
 d = 3..10 the fitted exponent of m* is ~2.1, far from the asymptotic 3: C(d+3, 4)/d =
 (d+1)(d+2)(d+3)/24 has local slope ~2.5 at d = 10.
 

@@ -8,7 +8,7 @@ Epochs: epoch e (e = 0, 1, ...) lasts round(epoch_length * epoch_growth^e) steps
   init_scale * Unif(S^{d-1}) from fold_in(fold_in(reinit_key, e), i); every other component, and
   the padding, is left as it is. Optimizer moments of a re-drawn component are reset.
 Stop:  rel_error < eps (checked at every step by algorithms.guarded_update; in float32 at 0.99 eps,
-  see F32_STOP_MARGIN) or the step budget.
+  see algorithms.F32_STOP_MARGIN) or the step budget.
 
 Why it leaves the lazy regime: under this parametrization the direction v_i = w_i / ||w_i|| moves
 at a speed independent of ||w_i|| (dv_i/dt = l P_perp (T* - T)(v_i, ..., v_i, .) -- a tensor power
@@ -40,13 +40,6 @@ import jax.numpy as jnp
 
 from overparam import algorithms, objectives, tensors
 from overparam.algorithms import RunData, RunState
-
-
-# In float32 the in-loop rel_error (implicit loss: three O(||T*||^2) terms that cancel) is off by
-# up to ~0.3% of itself at rel_error 1e-2 (measured against the float64 value finalize reports), and
-# a run stops at the first step whose estimate crosses eps: so a float32 run stops at (1 - margin) eps
-# and its reported float64 rel_error lands below eps. Below eps ~ 1e-2 use x64.
-F32_STOP_MARGIN = 0.01
 
 
 class Aux(NamedTuple):
@@ -168,15 +161,10 @@ class BeyondLazy:
     target = normalized_target(data.target, self._scale(data))
     return objectives.objective(params, data.signs, data.mask, target, self.spec)
 
-  @property
-  def stop_eps(self) -> float:
-    """The in-loop threshold: eps, less F32_STOP_MARGIN in float32 (see there)."""
-    return self.eps * (1.0 - F32_STOP_MARGIN) if jnp.dtype(self.dtype) == jnp.float32 else self.eps
-
   def step(self, state: RunState, data: RunData) -> RunState:
     state = self.draw_ahead(self.reinitialize(state, data), data)
     out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, data)
-    return algorithms.guarded_update(state, out, grads, self._opt(), self.stop_eps, self.steps,
+    return algorithms.guarded_update(state, out, grads, self._opt(), self.eps, self.steps,
                                      jnp.ones_like(data.target_sq))
 
   def export(self, state: RunState, data: RunData):

@@ -9,7 +9,7 @@ import numbers
 
 import ml_collections
 
-from overparam import algorithms, lazy, objectives, sweep, tensors
+from overparam import algorithms, objectives, tensors
 from overparam.errors import ConfigError
 
 ALGORITHMS = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact')
@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rank = 3
   c.ranks = ()  # a sweep over r: one cell per value (rows carry rank; m* is fitted against r); () = (rank,)
   c.widths = (3, 6, 12)
+  # Per-algorithm width grids; () = config.widths. The algorithms of one config share targets, seeds
+  # and T*, but the lazy arms need m ~ d^{l-1} while gd and beyond_lazy need a few times r.
+  c.algorithm_widths = ml_collections.ConfigDict({a: () for a in ALGORITHMS})
   c.num_seeds = 4
   c.seed = 0
   c.target = ml_collections.ConfigDict(
@@ -52,13 +55,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.trace_every = 0  # > 0: save each run's trajectory every this many steps (divides chunk_steps)
   c.checkpoint_every_s = 60.0
   c.distributed = False
+  c.memory_gb = 0.0  # memory one device may use (0: detect); every program is checked against it
   # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
   # symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
   # lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with optax sgd
-  # momentum `momentum` (0: plain GD); memory_gb: memory one device may use for lazy_exact's J
-  # (0: detect). See overparam/lazy.py.
+  # momentum `momentum` (0: plain GD). See overparam/lazy.py.
   c.lazy = ml_collections.ConfigDict(dict(symmetric_init=False, ntk_scaling=False, lr_scale=1.0,
-                                          momentum=0.0, power_iters=100, memory_gb=0.0))
+                                          momentum=0.0, power_iters=100))
   # The paper's beyond-lazy variant of GD (overparam/beyond_lazy.py): 2-homogeneous, small init,
   # re-initialization of small components at epoch starts, growing epochs. It trains on
   # T* / ||T*||_F, so these are dimensionless; lr is its own step size (config.lr is plain gd's).
@@ -104,6 +107,10 @@ def validate(c: ml_collections.ConfigDict):
     raise ConfigError(f'config.order must be an integer >= 2, got {c.order!r}')
   _positive_ints('dims', c.dims)
   _positive_ints('widths', c.widths)
+  for a, ws in (c.get('algorithm_widths') or {}).items():
+    _choice('algorithm_widths keys', a, ALGORITHMS)
+    if ws:
+      _positive_ints(f'algorithm_widths.{a}', ws)
   for name in ('rank', 'num_seeds', 'steps', 'chunk_steps'):
     if not _is_int(c[name]) or c[name] < 1:
       raise ConfigError(f'config.{name} must be an integer >= 1, got {c[name]!r}')
@@ -155,6 +162,7 @@ def validate(c: ml_collections.ConfigDict):
   if len(set(c.alphas)) != len(c.alphas):
     raise ConfigError(f'config.alphas has duplicates: {tuple(c.alphas)!r}')
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
+  _finite('memory_gb', c.memory_gb, 0.0)
   _validate_beyond_lazy(c.beyond_lazy)
   _validate_lazy(c)
 
@@ -178,10 +186,12 @@ def _validate_lazy(c: ml_collections.ConfigDict):
   _finite('lazy.momentum', z.momentum, 0.0, False, 1.0, True)
   if not _is_int(z.power_iters) or z.power_iters < 1:
     raise ConfigError(f'config.lazy.power_iters must be an integer >= 1, got {z.power_iters!r}')
-  _finite('lazy.memory_gb', z.memory_gb, 0.0)
-  if 'lazy_exact' in c.algorithms:  # before anything is allocated
-    lazy.check_exact_memory(c.order, c.dims, sweep.bucket_widths(c.widths), c.num_seeds, c.parametrization,
-                            8 if c.x64 else 4, z.memory_gb)
+
+
+def widths_of(c: ml_collections.ConfigDict, algorithm: str) -> tuple:
+  """The widths `algorithm` runs: config.algorithm_widths[algorithm], or config.widths when empty."""
+  per = c.get('algorithm_widths') or {}
+  return tuple(int(w) for w in (per.get(algorithm) or c.widths))
 
 
 def ranks_of(c: ml_collections.ConfigDict) -> tuple:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, metrics, objectives,
-                       plots, results, sweep, tensors)
+from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, memory, metrics,
+                       objectives, plots, results, sweep, tensors)
 
 STATUS_NAMES = {algorithms.CONVERGED: 'converged', algorithms.DIVERGED: 'diverged'}
 
@@ -226,10 +226,27 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
   return rows
 
 
+def plot_only(workdir: str) -> List[str]:
+  """Redraws figures/*.png of a workdir from its config.json (eps) and results.jsonl, computing
+  nothing; returns the paths written. WorkdirError (an `error:` line) if the workdir has no
+  config.json or no results."""
+  import json  # noqa: PLC0415
+  wd = results.Workdir(workdir)
+  if not os.path.isfile(wd.config_path):
+    raise results.WorkdirError(f'--workdir: {workdir!r} has no config.json (not a workdir of a run)')
+  with open(wd.config_path) as f:
+    eps = json.load(f)['eps']
+  rows = wd.load_results()
+  if not rows:
+    raise results.WorkdirError(f'--workdir: {workdir!r} has no finished runs in results.jsonl')
+  return plots.draw_all(rows, eps, wd.figures_dir, workdir=wd.path)
+
+
 def run(c: ml_collections.ConfigDict, workdir: str,
         on_chunk: Optional[Callable[[int], None]] = None) -> Dict:
   """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary."""
   config_lib.validate(c)
+  memory.check(c)  # before anything is allocated or written
   file_array = None
   if c.target.kind == 'file' and tensors.is_cp_file(c.target.path):
     file_array = tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
@@ -251,7 +268,7 @@ def run(c: ml_collections.ConfigDict, workdir: str,
     targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
     for alg_name, (alpha, ca) in ((n, ac) for n in c.algorithms for ac in alpha_configs(cr, n)):
       tag = file_tag(ca, alpha)
-      for bucket_ws in sweep.bucket_widths(c.widths):
+      for bucket_ws in sweep.bucket_widths(config_lib.widths_of(c, alg_name)):
         bucket = max(bucket_ws)
         cells = [(m, s) for m in bucket_ws for s in seeds
                  if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, rank=rank, width=m,
@@ -274,6 +291,8 @@ def run(c: ml_collections.ConfigDict, workdir: str,
         logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
   summary = analysis.summarize(rows, c.eps)
   if is_writer:
+    for f in os.listdir(wd.ckpt_dir):  # every program is finished: no checkpoint is needed any more
+      os.remove(os.path.join(wd.ckpt_dir, f))
     results.write_json_atomic(wd.summary_path, summary)
     plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
   return summary

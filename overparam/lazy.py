@@ -38,8 +38,7 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.flatten_util
@@ -48,7 +47,6 @@ import numpy as np
 import optax
 
 from overparam import algorithms, objectives, tensors
-from overparam.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # The basis of unique symmetric entries.
@@ -89,7 +87,7 @@ def from_unique(u: jax.Array, dim: int, order: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Memory estimate of lazy_exact (checked before anything is allocated).
+# Memory estimate of lazy_exact (memory.check uses it before anything is allocated).
 
 def params_per_component(parametrization: str, dim: int) -> int:
   return dim + 1 if parametrization == 'cp' else dim
@@ -105,50 +103,6 @@ def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str,
   n = sym_dim(dim, order)
   p = bucket * params_per_component(parametrization, dim)
   return dtype_bytes * (5 * n * p + 4 * dim ** order)
-
-
-def available_memory_bytes() -> int:
-  """Free memory of one device: the accelerator's allocator limit, else the host's MemAvailable."""
-  try:
-    stats = jax.local_devices()[0].memory_stats()
-  except Exception:  # noqa: BLE001 - backends without memory stats
-    stats = None
-  if stats and stats.get('bytes_limit'):
-    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
-  try:
-    with open('/proc/meminfo') as f:
-      for line in f:
-        if line.startswith('MemAvailable:'):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-
-
-def check_exact_memory(order: int, dims: Sequence[int], buckets: Sequence[Sequence[int]], num_seeds: int,
-                       parametrization: str, dtype_bytes: int, memory_gb: float = 0.0):
-  """Raises ConfigError, before anything is allocated, if a lazy_exact program will not fit.
-
-  A program vmaps every (width, seed) of one width bucket: runs-per-device x bytes-per-run must fit
-  in one device's memory (host CPU devices share the host's memory: all of this process's runs).
-  memory_gb > 0 replaces the detected free memory.
-  """
-  limit = int(memory_gb * 2 ** 30) if memory_gb > 0 else available_memory_bytes()
-  devices = jax.local_devices()
-  share = 1 if devices[0].platform == 'cpu' else len(devices)
-  for dim in dims:
-    for ws in buckets:
-      bucket = max(ws)
-      runs = -(-len(ws) * num_seeds // share)
-      need = runs * exact_bytes_per_run(order, dim, bucket, parametrization, dtype_bytes)
-      if need > limit:
-        n = sym_dim(dim, order)
-        p = bucket * params_per_component(parametrization, dim)
-        raise ConfigError(
-            f'lazy_exact will not fit: d={dim}, order={order}, width bucket {bucket} needs J of '
-            f'{n} x {p} (C(d+l-1,l) x params) per run, {runs} runs per device, about '
-            f'{need / 2 ** 30:.3g} GiB > {limit / 2 ** 30:.3g} GiB available (config.lazy.memory_gb); '
-            f'use fewer config.dims/config.widths/config.num_seeds or more devices')
 
 
 # ----------------------------------------------------------------------------------------------

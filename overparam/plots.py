@@ -76,7 +76,7 @@ def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
     grid = np.geomspace(min(dims), max(dims), 100)
     count = analysis.fit_power_law(dims, _dimension_count(dims, order))
     ax.plot(grid, _dimension_count(grid, order), color='gray', lw=1,
-            label=f'dimension count C(d+l-1,l)/d' + (f', exponent {count["exponent"]:.2f}' if count else ''))
+            label='dimension count C(d+l-1,l)/d' + (f', exponent {count["exponent"]:.2f}' if count else ''))
     ax.plot(grid, grid ** (order - 1) / math.factorial(order), color='gray', lw=1, ls=':',
             label=f'its asymptote d^{order - 1}/{order}!')
   ax.set_xscale('log')
@@ -164,19 +164,32 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
   width reached eps (m* > max width)."""
   ths = analysis.thresholds(rows, eps)
   fits = analysis.exponents(ths)
+  boot = analysis.bootstrap_exponents(rows, eps)
+  spread = {(t['algorithm'], t['order'], t['dim'], t['rank'], t.get('alpha')):
+            [m for m in t['seed_m_star'].values() if m is not None] for t in analysis.seed_thresholds(rows, eps)}
   top = max(r['width'] for r in rows)
   series = collections.defaultdict(list)
   for t in ths:
     series[(t['algorithm'], t['order'], t['rank'], t.get('alpha'))].append(t)
-  fig, ax = plt.subplots(figsize=(5.8, 4.2))
-  for (alg, order, rank, alpha), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
-    if len({t['dim'] for t in ts}) < 2:
-      continue
+  fig, ax = plt.subplots(figsize=(6.4, 4.6))
+  drawn = [kv for kv in sorted(series.items(), key=lambda kv: str(kv[0])) if len({t['dim'] for t in kv[1]}) >= 2]
+  for i, ((alg, order, rank, alpha), ts) in enumerate(drawn):
+    shift = 1.0 + 0.025 * (i - (len(drawn) - 1) / 2)  # side by side, so the error bars do not overlap
     pts = sorted((t['dim'], t['m_star']) for t in ts if t['m_star'] is not None)
-    fit = _fit_label(fits, algorithm=alg, order=order, rank=rank, quantity='m_star', **(
-        {'alpha': alpha} if alpha is not None else {}))
+    match = dict(algorithm=alg, order=order, rank=rank, **({'alpha': alpha} if alpha is not None else {}))
+    fit = _fit_label(fits, quantity='m_star', **match)
+    b = next((e for e in boot if all(e.get(k) == v for k, v in match.items())), None)
+    if fit and b is not None:
+      fit += f' [{b["interval"][0]:.2f}, {b["interval"][1]:.2f}]'
     label = _series_label(alg, alpha, f', l = {order}, r = {rank}{fit}', rows)
-    line, = ax.plot(*zip(*pts), marker='o', label=label) if pts else ax.plot([], [], label=label)
+    if pts:
+      dims, ms = map(np.asarray, zip(*pts))
+      per_seed = [spread.get((alg, order, d, rank, alpha)) or [m] for d, m in pts]
+      err = np.array([[max(m - min(p), 0) for m, p in zip(ms, per_seed)],
+                      [max(max(p) - m, 0) for m, p in zip(ms, per_seed)]])
+      line = ax.errorbar(dims * shift, ms, yerr=err, marker='o', ms=5, capsize=3, label=label).lines[0]
+    else:
+      line, = ax.plot([], [], label=label)
     miss = sorted(t['dim'] for t in ts if t['m_star'] is None)
     if miss:
       ax.plot(miss, [top] * len(miss), ls='none', marker='^', mfc='none', color=line.get_color())
@@ -191,7 +204,8 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
   ax.set_xlabel('dimension d')
   ax.set_ylabel(f'm* (half the seeds reach rel_error < {eps:g})')
   _plain_log_axes(ax)
-  ax.set_title('smallest width m* versus d')
+  ax.set_title('smallest width m* versus d\n(bars: per-seed thresholds min..max; [ ]: 90% bootstrap over seeds)',
+               fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -253,6 +267,48 @@ def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
   axes[0][0].set_ylabel(f'success rate (rel_error < {eps:g})')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: Optional[float] = None,
+                  title: str = ''):
+  """One panel per d, one line per algorithm (median of `key` across seeds versus width, band =
+  min..max), log-log; alpha-swept algorithms left out (alpha_scaling draws them). eps: a dashed line."""
+  swept = {a for a in {r['algorithm'] for r in rows} if len({r.get('alpha') for r in rows if r['algorithm'] == a}) > 1}
+  data = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
+  for r in rows:
+    if r['algorithm'] not in swept and r.get(key) is not None:
+      data[r['dim']][r['algorithm']][r['width']].append(r[key])
+  dims = sorted(data)
+  algs = sorted({a for d in dims for a in data[d]})
+  colors = dict(zip(algs, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+  ncol = min(len(dims), 4)
+  nrow = max(1, math.ceil(len(dims) / ncol))
+  fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), sharey=True, squeeze=False)
+  for ax, dim in zip(axes.flat, dims):
+    for alg in algs:
+      ws = sorted(data[dim][alg])
+      if not ws:
+        continue
+      vals = [np.asarray(data[dim][alg][w]) for w in ws]
+      ax.plot(ws, [np.median(v) for v in vals], marker='o', ms=3, color=colors[alg], label=alg)
+      ax.fill_between(ws, [v.min() for v in vals], [v.max() for v in vals], color=colors[alg], alpha=0.2)
+    if eps is not None:
+      ax.axhline(eps, color='k', ls='--', lw=0.8, label=f'eps = {eps:g}')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.set_title(f'd = {dim}', fontsize=10)
+    ax.set_xlabel('width m')
+  for ax in axes[:, 0]:
+    ax.set_ylabel(ylabel)
+  for ax in list(axes.flat)[len(dims):]:
+    ax.set_visible(False)
+  axes.flat[0].legend(fontsize=7)
+  order = sorted({r['order'] for r in rows})
+  fig.suptitle(f'{title}order {", ".join(map(str, order))}: median over seeds, band = min..max', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
@@ -330,6 +386,12 @@ def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str, workdir: Option
     if len({r['dim'] for r in rows if r['order'] == order and r['algorithm'] in LAZY_ALGORITHMS}) > 1:
       p = os.path.join(figures_dir, f'lazy_threshold_l{order}.png')
       lazy_threshold(rows, eps, p, order)
+      paths.append(p)
+  if len(algs - swept) >= 2:  # several algorithms on the same targets: compare them per d
+    for name, key, label, e in (('rel_error_vs_width', 'rel_error', 'relative error', eps),
+                                ('movement_vs_width', 'movement', 'movement ||W - W0|| / ||W0||', None)):
+      p = os.path.join(figures_dir, f'{name}.png')
+      by_dim_panels(rows, p, key, label, eps=e, title=f'{label} versus width, ')
       paths.append(p)
   if 'gd' in swept:
     p = os.path.join(figures_dir, 'alpha_scaling.png')

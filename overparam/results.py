@@ -83,6 +83,7 @@ class Workdir:
       for d in (self.path, self.params_dir, self.figures_dir, self.ckpt_dir, self.trajectories_dir):
         os.makedirs(d, exist_ok=True)
       self._remove_stale_temporaries()
+      self.repair()
       probe = os.path.join(self.path, f'.write_probe.{os.getpid()}')
       with open(probe, 'w') as f:
         f.write('ok')
@@ -134,16 +135,22 @@ class Workdir:
           rows.append(row)
     return rows
 
+  def repair(self):
+    """Truncates a torn last line (a crash inside an append) so the log holds complete lines only."""
+    if not os.path.exists(self.results_path):
+      return
+    with open(self.results_path, 'rb+') as f:
+      data = f.read()
+      if data and not data.endswith(b'\n'):
+        f.truncate(data.rfind(b'\n') + 1)
+        f.flush()
+        os.fsync(f.fileno())
+
   def append_results(self, rows: Iterable[Dict]):
     """Appends complete lines in one write, then fsync."""
     text = ''.join(json.dumps(r, sort_keys=True, allow_nan=False) + '\n' for r in rows)
     if not text:
       return
-    if os.path.exists(self.results_path) and os.path.getsize(self.results_path) > 0:
-      with open(self.results_path, 'rb') as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) != b'\n':
-          text = '\n' + text  # isolate a torn line left by a crash
     fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
       os.write(fd, text.encode())

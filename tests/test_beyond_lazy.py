@@ -329,6 +329,15 @@ def test_ranks_axis(tmp_path):
 
 
 def test_float32_stops_below_eps():
-  """A float32 run stops at (1 - F32_STOP_MARGIN) eps, so its float64 rel_error lands below eps."""
-  assert make_alg(eps=0.05, dtype=jnp.float32).stop_eps == pytest.approx(0.05 * (1 - beyond_lazy.F32_STOP_MARGIN))
-  assert make_alg(eps=0.05).stop_eps == 0.05  # float64: exact
+  """guarded_update stops a float32 run only below (1 - F32_STOP_MARGIN) eps (its float64 rel_error
+  then lands below eps); a float64 run stops at eps exactly."""
+  import optax  # noqa: PLC0415
+  for dtype, want in ((jnp.float32, algorithms.RUNNING), (jnp.float64, algorithms.CONVERGED)):
+    p = {'w': jnp.ones(2, dtype)}
+    opt = optax.sgd(0.1)
+    st = algorithms.RunState(params=p, opt_state=opt.init(p), params0=p, step=jnp.zeros((), jnp.int32),
+                             status=jnp.zeros((), jnp.int32), rel_err=jnp.asarray(1.0, dtype))
+    rel = 0.05 * (1 - algorithms.F32_STOP_MARGIN / 2)  # between the float32 threshold and eps
+    dl = jnp.asarray(0.5 * rel ** 2, dtype)
+    out = algorithms.guarded_update(st, (dl, dl), p, opt, 0.05, 10, jnp.asarray(1.0, dtype))
+    assert int(out.status) == want

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overparam import algorithms, analysis, config_lib, experiments, lazy, objectives, results, tensors
+from overparam import algorithms, analysis, config_lib, experiments, lazy, memory, objectives, results, tensors
 from overparam.errors import ConfigError
 
 from tests.test_tensors import np_outer_cp
@@ -286,25 +286,24 @@ def tiny_config(**kw):
 
 
 def test_memory_refusal_before_anything_is_written(tmp_path):
-  c = tiny_config()
-  c.lazy.memory_gb = 1e-6
-  with pytest.raises(ConfigError, match=r'lazy_exact will not fit: d=4, order=3, width bucket 2 needs J of 20 x 10 '):
+  c = tiny_config(algorithms=('lazy_exact',))
+  c.memory_gb = 1e-6
+  with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2\] .* J of 20 x 10 '):
     experiments.run(c, str(tmp_path / 'wd'))
   assert not os.path.exists(tmp_path / 'wd')
   need = lazy.exact_bytes_per_run(3, 4, 9, 'cp', 8)
   assert need >= 8 * 20 * 45 * 4  # J, its construction, the Gram matrix and its eigenvectors
-  c.lazy.memory_gb = 2 * need / 2 ** 30  # one width x two seeds in the widest bucket
-  config_lib.validate(c)
-  c.lazy.memory_gb = 0.99 * 2 * need / 2 ** 30
-  with pytest.raises(ConfigError, match=r'width bucket 9 needs J of 20 x 45 .C.d\+l-1,l. x params. per run, 2 runs'):
-    config_lib.validate(c)
+  c.memory_gb = 2 * need / 2 ** 30  # one width x two seeds in the widest bucket
+  memory.check(c)
+  c.memory_gb = 0.99 * 2 * need / 2 ** 30
+  with pytest.raises(ConfigError, match=r'widths \[.*9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per run'):
+    memory.check(c)
 
 
 @pytest.mark.parametrize('field,value,match', [
     ('lr_scale', 2.0, r'config.lazy.lr_scale must be < 2.0'),
     ('momentum', 1.0, r'config.lazy.momentum must be < 1.0'),
     ('power_iters', 0, r'config.lazy.power_iters must be an integer >= 1'),
-    ('memory_gb', -1.0, r'config.lazy.memory_gb must be >= 0.0'),
 ])
 def test_lazy_fields_are_validated(field, value, match):
   c = tiny_config()

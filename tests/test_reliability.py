@@ -2,13 +2,12 @@
 
 import json
 import math
-import os
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from overparam import config_lib, experiments, results
+from overparam import config_lib, experiments, memory, results
 from overparam.errors import ConfigError
 
 from tests.test_sweep import finish, launch, tiny_config
@@ -125,3 +124,20 @@ def test_config_json_records_versions(tmp_path):
   with open(tmp_path / 'config.json') as f:
     prov = json.load(f)['provenance']
   assert prov['jax'] and prov['jaxlib'] and 'git_revision' in prov
+
+
+@pytest.mark.parametrize('algorithm', ['gd', 'beyond_lazy', 'lazy', 'lazy_exact'])
+def test_memory_refusal_names_the_program_and_what_to_reduce(tmp_path, algorithm):
+  rc, err = finish(launch(str(tmp_path / 'w'), f'--config.algorithms=("{algorithm}",)', '--config.memory_gb=1e-7'))
+  last = err.strip().splitlines()[-1]
+  assert rc == 2 and f'the {algorithm} program for d=6' in last and 'GiB' in last and 'reduce' in last, last
+  assert not (tmp_path / 'w').exists()
+
+
+def test_memory_estimate_grows_with_the_problem():
+  c = tiny_config()
+  small = memory.program_bytes('gd', c, 6, 4, 2, runs=1)
+  assert memory.program_bytes('gd', c, 60, 4, 2, runs=1) > small
+  assert memory.program_bytes('gd', c, 6, 4, 2, runs=8) == 8 * small
+  c.loss = 'dense'
+  assert memory.program_bytes('gd', c, 20, 4, 2, runs=1) > 3 * 4 * 20 ** 3  # three d^l tensors at least
