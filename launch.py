@@ -1,11 +1,13 @@
 r"""Runs an overparam experiment.
 
   python launch.py --config=configs/default.py --workdir=workdirs/default [--config.FIELD=VALUE ...]
+  python launch.py --workdir=workdirs/default --plot_only   # redraw figures/ from the workdir
 
 Re-running the same command into the same workdir resumes: only missing (algorithm, d, width,
 seed) cells are computed. Errors end with one `error: ...` line on stderr and exit status 2.
 """
 
+import re
 import sys
 
 from absl import app
@@ -18,6 +20,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     '--config.FIELD=VALUE.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, results.jsonl, params/, '
                                'summary.json and figures/.')
+_PLOT_ONLY = flags.DEFINE_bool('plot_only', False, 'Redraw WORKDIR/figures/*.png from WORKDIR/config.json and '
+                                'results.jsonl without computing anything (no --config needed).')
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of an error instead of one line.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 '
                                    '(with config.distributed; omit on Slurm/TPU pods, detected automatically).')
@@ -28,6 +32,19 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this proc
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _PLOT_ONLY.value:
+    if not _WORKDIR.value:
+      fail('--workdir is required')
+    from overparam import experiments  # noqa: PLC0415
+    try:
+      paths = experiments.plot_only(_WORKDIR.value)
+    except ValueError as e:  # WorkdirError
+      if _DEBUG.value:
+        raise
+      fail(str(e))
+    for p in paths:
+      logging.info('wrote %s', p)
+    return
   try:
     config = _CONFIG.value
     if config is not None:
@@ -74,6 +91,10 @@ def parse_flags(argv):
     if '--debug' in argv:
       raise
     msg = str(e).replace("\\'", "'").replace('\\n', ' ').replace('\n', ' ').strip('\'" ')
+    unknown = re.match(r"(\w+)'? Did you mean \"(\w+)\"", msg)
+    if isinstance(e, AttributeError):  # a typo in --config.FIELD
+      fail(f'config has no field {unknown.group(1)!r} (did you mean {unknown.group(2)!r}?)' if unknown
+           else f'config has no field {msg!r}')
     fail(f'--config file or --config.FIELD override is invalid ({type(e).__name__}: {msg})')
 
 

@@ -131,6 +131,88 @@ def fit_order(steps: Sequence[Optional[int]]) -> List[int]:
   return sorted(range(len(steps)), key=lambda j: (steps[j] is None, steps[j] or 0, j))
 
 
+def seed_thresholds(rows: Sequence[Dict], eps: float) -> List[Dict]:
+  """Per (algorithm, order, dim, rank[, alpha]): each seed's own threshold, the smallest width at
+  which that seed reaches rel_error < eps (None if none does); `seed_m_star` is {seed: width}.
+  Their spread across seeds is the error bar of m* in the figures."""
+  groups = collections.defaultdict(lambda: collections.defaultdict(list))
+  for r in rows:
+    key = (r['algorithm'], r['order'], r['dim'], r['rank'], r.get('alpha'))
+    groups[key][r['seed']].append((r['width'], r['rel_error'] is not None and r['rel_error'] < eps))
+  out = []
+  for key in sorted(groups, key=lambda g: (g[:4], _alpha_key(g[4]))):
+    per_seed = {s: min((w for w, ok in cells if ok), default=None) for s, cells in sorted(groups[key].items())}
+    a, o, d, k, al = key
+    out.append(_with_alpha({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'seed_m_star': per_seed}, al))
+  return out
+
+
+def _success_table(rows: Sequence[Dict], eps: float):
+  """{(algorithm, order, rank, alpha): {dim: (widths (W,), seeds (S,), success (W, S) bool)}}."""
+  cells = collections.defaultdict(dict)
+  for r in rows:
+    cells[(r['algorithm'], r['order'], r['rank'], r.get('alpha'), r['dim'])][(r['width'], r['seed'])] = (
+        r['rel_error'] is not None and r['rel_error'] < eps)
+  out = collections.defaultdict(dict)
+  for (a, o, k, al, d), c in cells.items():
+    widths = sorted({w for w, _ in c})
+    seeds = sorted({s for _, s in c})
+    ok = np.array([[c.get((w, s), False) for s in seeds] for w in widths], bool)
+    out[(a, o, k, al)][d] = (np.asarray(widths), seeds, ok)
+  return out
+
+
+def bootstrap_exponents(rows: Sequence[Dict], eps: float, samples: int = 1000, seed: int = 0,
+                        level: float = 0.9) -> List[Dict]:
+  """Uncertainty of the fitted exponent of m* versus d, by bootstrap over seeds.
+
+  Per (algorithm, order, rank[, alpha]): draw the seeds with replacement (the same draw for every d:
+  seed s is one target per d), recompute m* at every d with the half-the-seeds rule, refit the power
+  law over the d where m* exists (at least two), `samples` times. Returns the point fit (all seeds),
+  the bootstrap standard deviation, the central `level` interval, and how many draws gave a fit.
+  """
+  rng = np.random.default_rng(seed)
+  out = []
+  for key, by_dim in sorted(_success_table(rows, eps).items(), key=lambda kv: (kv[0][:3], _alpha_key(kv[0][3]))):
+    dims = sorted(by_dim)
+    seeds = sorted({s for d in dims for s in by_dim[d][1]})
+    if len(dims) < 2 or any(by_dim[d][1] != seeds for d in dims):
+      continue
+    draws = rng.integers(0, len(seeds), size=(samples, len(seeds)))
+    logd = np.log(np.asarray(dims, np.float64))
+    m = np.full((samples, len(dims)), np.nan)
+    for j, d in enumerate(dims):
+      widths, _, ok = by_dim[d]
+      frac = ok[:, draws].mean(axis=2)  # (W, samples)
+      hit = frac >= 0.5
+      m[:, j] = np.where(hit.any(axis=0), widths[np.argmax(hit, axis=0)], np.nan)
+    exps = []
+    for row in m:
+      keep = np.isfinite(row)
+      if keep.sum() >= 2:
+        exps.append(np.polyfit(logd[keep], np.log(row[keep]), 1)[0])
+    pts = [(d, m_star_from(by_dim[d])) for d in dims]
+    pts = [p for p in pts if p[1] is not None]
+    point = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
+    if not exps or point is None:
+      continue
+    exps = np.asarray(exps)
+    lo, hi = np.quantile(exps, [(1 - level) / 2, (1 + level) / 2])
+    a, o, k, al = key
+    out.append(_with_alpha({'algorithm': a, 'order': o, 'rank': k, 'quantity': 'm_star', 'versus': 'dim',
+                            'exponent': point['exponent'], 'bootstrap_std': float(exps.std()),
+                            'interval': [float(lo), float(hi)], 'level': level, 'samples': samples,
+                            'fitted_samples': int(exps.size), 'seeds': len(seeds)}, al))
+  return out
+
+
+def m_star_from(table) -> Optional[int]:
+  """m* from one entry of _success_table (widths, seeds, success)."""
+  widths, _, ok = table
+  hit = 2 * ok.sum(axis=1) >= ok.shape[1]
+  return int(widths[np.argmax(hit)]) if hit.any() else None
+
+
 def summarize(rows: Sequence[Dict], eps: float) -> Dict:
   ths = thresholds(rows, eps)
   rank_ths = tangent_rank_thresholds(rows)
@@ -141,4 +223,9 @@ def summarize(rows: Sequence[Dict], eps: float) -> Dict:
          'status_counts': dict(sorted(status.items()))}
   if rank_ths:
     out['tangent_rank_thresholds'] = rank_ths
+  boot = bootstrap_exponents(rows, eps)
+  if boot:
+    out['exponent_bootstrap'] = boot
+    out['seed_thresholds'] = [{**t, 'seed_m_star': {str(s): m for s, m in t['seed_m_star'].items()}}
+                              for t in seed_thresholds(rows, eps)]
   return out

@@ -199,11 +199,18 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
       grid = np.geomspace(min(dims), max(dims), 100)
       ax.plot(grid, _dimension_count(grid, order), color='gray', lw=1, ls='--',
               label=f'lazy regime: dimension count C(d+l-1,l)/d, l = {order}')
+  ranks = {t['rank'] for t in ths}
+  if len(ranks) == 1:  # no width below r can fit a rank-r target
+    ax.axhline(min(ranks), color='gray', lw=0.8, ls=':', label=f'm = r = {min(ranks)}')
   ax.set_xscale('log')
   ax.set_yscale('log')
   ax.set_xlabel('dimension d')
   ax.set_ylabel(f'm* (half the seeds reach rel_error < {eps:g})')
   _plain_log_axes(ax)
+  all_dims = sorted({t['dim'] for t in ths})
+  if len(all_dims) <= 10:
+    ax.set_xticks(all_dims)
+  ax.set_ylim(bottom=min([t['m_star'] for t in ths if t['m_star']] + list(ranks)) * 0.8)
   ax.set_title('smallest width m* versus d\n(bars: per-seed thresholds min..max; [ ]: 90% bootstrap over seeds)',
                fontsize=9)
   ax.legend(fontsize=7)
@@ -295,9 +302,12 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
       ax.fill_between(ws, [v.min() for v in vals], [v.max() for v in vals], color=colors[alg], alpha=0.2)
     if eps is not None:
       ax.axhline(eps, color='k', ls='--', lw=0.8, label=f'eps = {eps:g}')
+      ax.set_ylim(bottom=eps * 1e-3)  # an exact fit (lazy_exact: ~1e-15) would squash the rest
     ax.set_xscale('log')
     ax.set_yscale('log')
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title(f'd = {dim}', fontsize=10)
     ax.set_xlabel('width m')
   for ax in axes[:, 0]:
@@ -306,7 +316,8 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
     ax.set_visible(False)
   axes.flat[0].legend(fontsize=7)
   order = sorted({r['order'] for r in rows})
-  fig.suptitle(f'{title}order {", ".join(map(str, order))}: median over seeds, band = min..max', fontsize=10)
+  clip = f'; axis cut at {eps * 1e-3:g}' if eps is not None else ''
+  fig.suptitle(f'{title}order {", ".join(map(str, order))}: median over seeds, band = min..max{clip}', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

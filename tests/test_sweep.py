@@ -152,13 +152,15 @@ def test_workdir_with_other_config_is_refused(tmp_path):
 
 # ---- command line: several devices, several processes, user errors -------------------------------
 
-CLI = ['--config=configs/default.py', '--config.algorithms=("gd",)', '--config.x64=False', '--config.dims=(6,)', '--config.rank=2', '--config.widths=(2,3,5)',
+CLI = ['--config=configs/default.py', '--config.x64=False', '--config.dims=(6,)', '--config.rank=2', '--config.widths=(2,3,5)',
        '--config.num_seeds=3', '--config.steps=90', '--config.chunk_steps=30']
 
 
 def launch(workdir, *extra, env=None, **kw):
   e = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
-  return subprocess.Popen([sys.executable, 'launch.py', *CLI, f'--workdir={workdir}', *extra], cwd=ROOT,
+  # gd only, unless the test picks (a repeated tuple override would concatenate)
+  algs = [] if any(a.startswith('--config.algorithms') for a in extra) else ['--config.algorithms=("gd",)']
+  return subprocess.Popen([sys.executable, 'launch.py', *CLI, *algs, f'--workdir={workdir}', *extra], cwd=ROOT,
                           env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
