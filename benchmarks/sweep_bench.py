@@ -5,21 +5,38 @@ r"""The sweep as one program versus one run at a time versus a Python loop of ji
 
 All three arms run the same algorithm (gd, cp, implicit loss, sgd) on the same targets and inits
 with early stopping disabled (eps = 1e-30), so they compute the same numbers; the script checks
-that they agree. Times include compilation; compile time is also reported on its own
-(the first call of each compiled function minus a second, warm call).
+that they agree. Times include compilation; compile time is also reported on its own (profile below).
 
   sweep        engine programs (one per width bucket, all seeds and widths of a bucket vmapped)
   one_at_time  each (width, seed) run as its own jitted lax.scan (one compile per width)
   python_loop  each run as a Python loop of a jitted step; timed on two seeds per width (the first
                compiles, the second is warm) and extrapolated as first + (seeds - 1) * warm
+  sweep_Ndev   (informative, when the host has N > 1 cores) the engine arm again in a subprocess
+               with JAX_NUM_CPU_DEVICES=N, so the run axis is sharded over N CPU devices, one per
+               core (on one CPU device the vmapped small matmuls run on one core)
+  sweep_cached (informative) the engine arm in two fresh subprocesses sharing jax's persistent
+               compilation cache (JAX_COMPILATION_CACHE_DIR): the second reads every program from
+               the cache, as a re-launch (resume, more seeds of the same shapes) would
+
+Profile (where the sweep's time goes), per width-bucket program: compile seconds of each compiled
+function (init, chunk, export, extras; lower + compile, cold caches), warm execution seconds of
+the chunk, the FLOPs the chunk performs (counted from the contraction sizes of the implicit loss
+and its gradient, padded bucket width B: 4 B^2 d + 4 B r d + 2 r^2 d per run-step) and the achieved
+FLOP/s, against two references measured in the same run: a 2048^2 float32 matmul and a batched
+(runs, B, d) x (runs, d, B) matmul of the largest bucket's shapes.
 """
 
 import argparse
+import json
+import os
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from overparam import config_lib, experiments, sweep
 
 
@@ -104,24 +121,77 @@ def run_python_loop(c):
   return out, total
 
 
-def compile_seconds(c):
-  """Cold minus warm time of the engine's largest bucket program (compilation and tracing)."""
+def flops_per_run_step(c, bucket: int) -> int:
+  d, r = c.dims[0], c.rank
+  return 4 * bucket * bucket * d + 4 * bucket * r * d + 2 * r * r * d
+
+
+def profile(c):
+  """Per bucket: compile seconds of each compiled function, warm chunk seconds, FLOP/s."""
+  from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
   d, seeds, targets = _inputs(c)
-  ws = sweep.bucket_widths(c.widths)[-1]
-  cells = [(m, s) for m in ws for s in seeds]
-  alg = experiments.build_algorithm('gd', c, d, max(ws))
-  data = experiments.run_data(c, cells, targets, max(ws), 'implicit')
-  sweep.compiled.cache_clear()
-  jax.clear_caches()
-  times = []
-  for _ in range(2):
+  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
+  rows = []
+  for ws in sweep.bucket_widths(c.widths):
+    b = max(ws)
+    cells = [(m, s) for m in ws for s in seeds]
+    alg = experiments.build_algorithm('gd', c, d, b)
+    g = sweep.to_global(experiments.run_data(c, cells, targets, b, 'implicit'), sharding)
+    sweep.compiled.cache_clear()
+    jax.clear_caches()
+    fns = sweep.compiled(alg, c.steps, sharding, 0)
+    comp = {}
     t0 = time.perf_counter()
-    sweep.run_program(alg, data, cells, chunk_steps=c.steps)
-    times.append(time.perf_counter() - t0)
-  return times[0] - times[1], times[1]
+    init = fns[0].lower(g).compile()
+    comp['init'] = time.perf_counter() - t0
+    state = init(g)
+    for name, fn in (('chunk', fns[1]), ('export', fns[2]), ('extras', fns[4])):
+      t0 = time.perf_counter()
+      compiled_fn = fn.lower(state, g).compile()
+      comp[name] = time.perf_counter() - t0
+      if name == 'chunk':
+        chunk = compiled_fn
+    times = []
+    for _ in range(2):
+      st = jax.block_until_ready(init(g))
+      t0 = time.perf_counter()
+      jax.block_until_ready(chunk(st, g))
+      times.append(time.perf_counter() - t0)
+    run_s = min(times)
+    flops = flops_per_run_step(c, b) * len(cells) * c.steps
+    rows.append(dict(bucket=b, widths=ws, runs=len(cells), compile=comp, run_s=run_s, flops=flops))
+  return rows
+
+
+def matmul_references(c, bucket: int, runs: int):
+  """GFLOP/s of a 2048^2 f32 matmul and of a batched (runs, B, d) x (runs, d, B) matmul."""
+  n = 2048
+  x = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  square = 2 * n ** 3 / common.median_seconds(jax.jit(jnp.matmul), x, x, repeats=10)
+  d = c.dims[0]
+  v = jax.random.normal(jax.random.PRNGKey(2), (runs, bucket, d), jnp.float32)
+  batched_fn = jax.jit(lambda v: jnp.einsum('nbd,ncd->nbc', v, v))
+  batched = 2 * runs * bucket * bucket * d / common.median_seconds(batched_fn, v, repeats=20)
+  return square, batched
+
+
+def sweep_subprocess(quick: bool, env) -> tuple:
+  """The engine arm in a fresh subprocess with `env`: (seconds, devices, {(m, s): coeffs})."""
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'coeffs.npz')
+    out = common.run_json_subprocess('benchmarks.sweep_bench', ['--sweep-only', path] + (['--quick'] if quick else []),
+                                     env=env)
+    with np.load(path) as z:
+      coeffs = {tuple(int(x) for x in k.split('_')): z[k] for k in z.files}
+  return out['seconds'], out['devices'], coeffs
+
+
+def max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
 
 
 def main(quick: bool = False):
+  common.header('sweep_bench', quick)
   c = bench_config(quick)
   n_runs = len(c.widths) * c.num_seeds
   swept, t_sweep = run_sweep(c)
@@ -129,13 +199,44 @@ def main(quick: bool = False):
   loop, t_loop = run_python_loop(c)
   err = max(float(np.max(np.abs(swept[k] - one[k]))) for k in one)
   err_loop = max(float(np.max(np.abs(swept[k] - loop[k]))) for k in loop)
-  cold_minus_warm, warm = compile_seconds(c)
   print(f'config: l=3 d=40 r=3 seeds={c.num_seeds} widths={c.widths} steps={c.steps} runs={n_runs} '
         f'devices={jax.device_count()} backend={jax.default_backend()}')
   print(f'max |coeff difference| sweep vs one-at-a-time {err:.2e}, vs python loop {err_loop:.2e}')
   print(f'sweep {t_sweep:.2f}s, one-at-a-time {t_one:.2f}s, '
         f'python loop {t_loop:.1f}s (extrapolated from 2 seeds per width)')
-  print(f'largest bucket program: compile+trace {cold_minus_warm:.2f}s, warm run {warm:.2f}s')
+  prof = profile(c)
+  top = prof[-1]
+  square, batched = matmul_references(c, top['bucket'], top['runs'])
+  print(f'profile (cold compile seconds per function; warm chunk of {c.steps} steps):')
+  print(f'  {"bucket":>6} {"widths":<16}{"runs":>5}{"init":>7}{"chunk":>7}{"export":>7}{"extras":>7}'
+        f'{"compile":>8}{"run":>7}{"GFLOP":>8}{"GFLOP/s":>9}')
+  tot_c = tot_r = 0.0
+  for r in prof:
+    cs = sum(r['compile'].values())
+    tot_c, tot_r = tot_c + cs, tot_r + r['run_s']
+    print(f'  {r["bucket"]:>6} {str(r["widths"]):<16}{r["runs"]:>5}' + ''.join(f'{r["compile"][k]:>7.2f}' for k in
+          ('init', 'chunk', 'export', 'extras')) + f'{cs:>8.2f}{r["run_s"]:>7.2f}{r["flops"] / 1e9:>8.1f}'
+          f'{r["flops"] / r["run_s"] / 1e9:>9.1f}')
+  flops = sum(r['flops'] for r in prof)
+  ideal = sum(flops_per_run_step(c, m) for m in c.widths) * c.num_seeds * c.steps
+  print(f'  total compile {tot_c:.2f}s, execution {tot_r:.2f}s; {flops / 1e9:.0f} GFLOP at '
+        f'{flops / tot_r / 1e9:.1f} GFLOP/s (padding to buckets: {flops / ideal:.2f}x the unpadded FLOPs)')
+  print(f'  references: matmul 2048^2 {square / 1e9:.1f} GFLOP/s, batched ({top["runs"]}, {top["bucket"]}, '
+        f'{c.dims[0]}) x ({top["runs"]}, {c.dims[0]}, {top["bucket"]}) {batched / 1e9:.1f} GFLOP/s')
+  print(f'  bound: with zero compile time and the chunks at the batched-matmul rate the sweep would take '
+        f'{flops / batched:.2f}s, i.e. at most {t_loop / (flops / batched):.1f}x the Python loop')
+  if jax.default_backend() == 'cpu' and (os.cpu_count() or 1) > 1 and jax.device_count() == 1:
+    t_dev, n_dev, coeffs = sweep_subprocess(quick, {'JAX_NUM_CPU_DEVICES': str(os.cpu_count())})
+    print(f'sweep on {n_dev} CPU devices (JAX_NUM_CPU_DEVICES={n_dev}, runs sharded): {t_dev:.2f}s, '
+          f'{t_loop / t_dev:.2f}x the Python loop; max |coeff difference| vs 1 device {max_diff(swept, coeffs):.1e}')
+  with tempfile.TemporaryDirectory() as cache:
+    env = {'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+    t_fill, _, _ = sweep_subprocess(quick, env)
+    t_cached, _, coeffs = sweep_subprocess(quick, env)
+  print(f'sweep with jax\'s persistent compilation cache, second launch (programs read from the cache): '
+        f'{t_cached:.2f}s (first launch {t_fill:.2f}s), {t_loop / t_cached:.2f}x the Python loop; '
+        f'max |coeff difference| vs no cache {max_diff(swept, coeffs):.1e}')
   print(f'sweep_vs_one_at_a_time seconds={t_sweep:.2f} baseline={t_one:.2f} ratio={t_one / t_sweep:.2f}')
   print(f'sweep_vs_python_loop seconds={t_sweep:.2f} baseline={t_loop:.1f} ratio={t_loop / t_sweep:.2f}')
   return {'one_at_a_time': t_one / t_sweep, 'python_loop': t_loop / t_sweep}
@@ -144,4 +245,11 @@ def main(quick: bool = False):
 if __name__ == '__main__':
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true')
-  main(p.parse_args().quick)
+  p.add_argument('--sweep-only', metavar='NPZ', help='internal: the engine arm alone; coeffs to NPZ, JSON out')
+  a = p.parse_args()
+  if a.sweep_only:
+    swept, secs = run_sweep(bench_config(a.quick))
+    np.savez(a.sweep_only, **{f'{m}_{s}': v for (m, s), v in swept.items()})
+    print(json.dumps({'seconds': secs, 'devices': jax.device_count()}))
+  else:
+    main(a.quick)
