@@ -15,23 +15,13 @@ prints the share of the two GEMMs in the dense loss+grad time and the GEMMs in a
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import median_seconds
 from overparam import objectives, tensors
-
-
-def median_seconds(fn, *args, repeats=20):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
 
 
 def loss_and_grad(order, dim, width, rank, loss, key):
