@@ -16,25 +16,12 @@ Expected run time: about 10 minutes on 2 CPU cores (4 seeds; ~80 programs compil
 
 import numpy as np
 
-from overparam import config_lib
+from configs import lazy_threshold
 
 
 def get_config():
-  c = config_lib.base_config()
-  c.algorithms = ('lazy_exact', 'lazy')
+  c = lazy_threshold.get_config()
   c.order = 4
   c.dims = (3, 4, 5, 6, 7, 8, 9, 10)
-  c.rank = 3
   c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 96, 18))))
-  c.num_seeds = 4
-  c.target.kind = 'random_unit'
-  c.parametrization = 'cp'
-  c.init_scale = 1.0
-  c.lazy.symmetric_init = True
-  c.lazy.momentum = 0.99
-  c.steps = 4000
-  c.chunk_steps = 500
-  c.eps = 1e-2
-  c.x64 = True
-  c.save_params = False
   return c

@@ -22,28 +22,15 @@ it fails dominate the rich arms.
 
 import numpy as np
 
-from overparam import config_lib
+from configs import lazy_vs_rich
 
 
 def get_config():
-  c = config_lib.base_config()
-  c.algorithms = ('lazy_exact', 'lazy', 'beyond_lazy', 'gd')
+  c = lazy_vs_rich.get_config()
   c.order = 4
   c.dims = (4, 6, 8, 10, 12, 16)
-  c.rank = 3
-  c.target.kind = 'random_unit'
-  c.widths = (2, 3, 4, 5, 6, 8, 12, 16, 24)
   lazy_widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 320, 25))))
   c.algorithm_widths.lazy_exact = lazy_widths
   c.algorithm_widths.lazy = lazy_widths
-  c.num_seeds = 12
   c.steps = 20000
-  c.chunk_steps = 500
-  c.parametrization = 'cp'
-  c.lr = 0.05
-  c.init_scale = 0.3
-  c.lazy.symmetric_init = True
-  c.lazy.momentum = 0.99
-  c.eps = 0.05
-  c.x64 = True
   return c

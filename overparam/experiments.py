@@ -18,8 +18,6 @@ import numpy as np
 from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, memory, metrics,
                        objectives, plots, results, sweep, tensors)
 
-STATUS_NAMES = {algorithms.CONVERGED: 'converged', algorithms.DIVERGED: 'diverged'}
-
 
 def seed_keys(seed: int):
   """(target, init, reinit) keys of one seed, each derived from PRNGKey(seed) by fold_in."""
