@@ -15,6 +15,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from overparam.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file (configs/*.py); fields can be overridden with '
     '--config.FIELD=VALUE.', lock_config=True)
@@ -38,7 +40,7 @@ def main(argv):
     from overparam import experiments  # noqa: PLC0415
     try:
       paths = experiments.plot_only(_WORKDIR.value)
-    except ValueError as e:  # WorkdirError
+    except UserError as e:
       if _DEBUG.value:
         raise
       fail(str(e))
@@ -68,7 +70,7 @@ def main(argv):
   from overparam import experiments  # noqa: PLC0415
   try:
     summary = experiments.run(config, _WORKDIR.value)
-  except ValueError as e:  # ConfigError, TargetError, WorkdirError: the user's to fix
+  except UserError as e:  # ConfigError, TargetError, WorkdirError: the user's to fix; bugs keep their traceback
     if _DEBUG.value:
       raise
     fail(str(e))

@@ -12,14 +12,12 @@ from typing import Dict, Iterable, List
 
 import numpy as np
 
+from overparam.errors import WorkdirError  # noqa: F401 - re-exported: results.WorkdirError
+
 # alpha: the Chizat alpha of gd rows (config.alphas makes it a cell axis); None for other algorithms.
 CELL_KEYS = ('algorithm', 'order', 'dim', 'rank', 'width', 'seed', 'alpha')
 # config.json fields that record the environment rather than the experiment.
 VOLATILE_KEYS = ('provenance',)
-
-
-class WorkdirError(ValueError):
-  """The workdir cannot be used; the message names --workdir."""
 
 
 def cell_id(row: Dict) -> tuple:

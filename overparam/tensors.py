@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from overparam.errors import TargetError  # noqa: F401 - re-exported: tensors.TargetError
+
 TARGET_KINDS = ('random_unit', 'orthonormal', 'coherent', 'file')
 
 
-class TargetError(ValueError):
-  """A target that cannot be built or loaded; the message names the config field."""
 
 
 class Target(NamedTuple):
