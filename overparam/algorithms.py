@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from overparam import metrics, objectives, tensors
+from overparam import metrics, network, objectives, tensors
 
 RUNNING, CONVERGED, DIVERGED = 0, 1, 2
 # In float32 the in-loop rel_error (the implicit loss is three O(||T*||^2) terms that cancel) is off
@@ -37,6 +37,8 @@ class RunData(NamedTuple):
   init_key, reinit_key: legacy uint32[2] PRNG keys. mask (B,): 1 for the run's m real components
   of the width bucket B. signs (B,): fixed signs of power/homogeneous. width: the true m (float).
   target: T*; target_sq: ||T*||^2.
+  samples, sample_key: only for loss = 'samples' (else None): the fixed training set
+  (network.Samples; None when online) and the key of the run's batches (network.sample_key).
   """
   init_key: jax.Array
   reinit_key: jax.Array
@@ -45,6 +47,8 @@ class RunData(NamedTuple):
   width: jax.Array
   target: tensors.Target
   target_sq: jax.Array
+  samples: Any = None
+  sample_key: Any = None
 
 
 class RunState(NamedTuple):
@@ -139,6 +143,24 @@ def linearization_gap(params, params0, data: RunData, spec: objectives.Spec, dim
   return alpha * jnp.sqrt(jnp.maximum(sq, 0.0) / data.target_sq)
 
 
+def with_step_samples(data: RunData, step, spec: objectives.Spec, dim: int, dtype) -> RunData:
+  """data with `samples` = the batch the update at `step` uses (loss = 'samples'; else data itself)."""
+  if spec.loss != 'samples':
+    return data
+  return data._replace(samples=network.step_samples(data, step, spec.sampling, spec.order, dim, dtype))
+
+
+def sample_extras(exported, state: RunState, data: RunData, spec: objectives.Spec, dim: int, dtype):
+  """{'train_error': ...} for loss = 'samples' (else {}): sqrt(2 L_n) / ||T*|| of the exported model on
+  the training set, or online on batch `state.step` + 1, the fresh batch of the step that would come
+  next (the model was not trained on it: an unbiased estimate of the population error). It is the
+  number the in-loop stopping rule (rel_error < eps) compares with eps."""
+  if spec.loss != 'samples':
+    return {}
+  s = network.step_samples(data, state.step, spec.sampling, spec.order, dim, dtype)
+  return {'train_error': network.relative_sample_error(*exported, s, spec.order, data.target_sq)}
+
+
 def alignment_trace(coeffs, factors, data: RunData, order: int):
   """metrics.alignment of the model (coeffs, factors) against the target's CP structure, plus the
   target weights c*_j (so a trajectory file is self-contained)."""
@@ -178,13 +200,14 @@ class GD:
 
   def loss(self, params, params0, data: RunData):
     c, v = alpha_model(params, params0, data, self.spec, self.alpha)
-    dl = objectives.data_loss(c, v, data.target, self.spec.order, self.spec.loss)
+    dl = objectives.data_loss(c, v, data.target, self.spec.order, self.spec.loss, data.samples)
     total = dl / self.alpha ** 2
     if self.spec.reg:
       total = total + self.spec.reg * objectives.regularizer(params, data.mask)
     return total, dl
 
   def step(self, state: RunState, data: RunData) -> RunState:
+    data = with_step_samples(data, state.step, self.spec, self.dim, self.dtype)
     out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, state.params0, data)
     return guarded_update(state, out, grads, self._opt(), self.eps, self.steps, data.target_sq)
 
@@ -198,5 +221,6 @@ class GD:
     return out
 
   def extras(self, state: RunState, data: RunData):
-    return {'linearization_gap': linearization_gap(state.params, state.params0, data, self.spec, self.dim,
-                                                   self.alpha)}
+    out = {'linearization_gap': linearization_gap(state.params, state.params0, data, self.spec, self.dim,
+                                                  self.alpha)}
+    return {**out, **sample_extras(self.export(state, data), state, data, self.spec, self.dim, self.dtype)}

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from overparam import algorithms, objectives, tensors
+from overparam import algorithms, network, objectives, tensors
 from overparam.algorithms import RunData, RunState
 
 
@@ -158,10 +158,13 @@ class BeyondLazy:
     return state._replace(aux=aux._replace(pending=aux.pending.at[ids].set(rows)))
 
   def loss(self, params, data: RunData):
-    target = normalized_target(data.target, self._scale(data))
-    return objectives.objective(params, data.signs, data.mask, target, self.spec)
+    scale = self._scale(data)
+    target = normalized_target(data.target, scale)
+    samples = None if data.samples is None else network.scale_labels(data.samples, 1.0 / scale)
+    return objectives.objective(params, data.signs, data.mask, target, self.spec, samples)
 
   def step(self, state: RunState, data: RunData) -> RunState:
+    data = algorithms.with_step_samples(data, state.step, self.spec, self.dim, self.dtype)
     state = self.draw_ahead(self.reinitialize(state, data), data)
     out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, data)
     return algorithms.guarded_update(state, out, grads, self._opt(), self.eps, self.steps,
@@ -172,7 +175,9 @@ class BeyondLazy:
     return c * data.mask * self._scale(data), v
 
   def extras(self, state: RunState, data: RunData):
-    return {'epochs': state.aux.epoch, 'reinitialized': state.aux.reinits}
+    out = {'epochs': state.aux.epoch, 'reinitialized': state.aux.reinits}
+    return {**out, **algorithms.sample_extras(self.export(state, data), state, data, self.spec, self.dim,
+                                              self.dtype)}
 
   def trace(self, state: RunState, data: RunData):
     out = {'rel_error': state.rel_err, 'step': state.step, 'epoch': state.aux.epoch}

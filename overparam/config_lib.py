@@ -56,6 +56,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_s = 60.0
   c.distributed = False
   c.memory_gb = 0.0  # memory one device may use (0: detect); every program is checked against it
+  # loss = 'samples' (overparam/network.py): learn T* from num_samples points x ~ N(0, I_d) labelled by
+  # the network f_{T*}(x) = <T*, H_l(x)> (+ label_noise ||T*|| N(0, 1)); online: fresh samples every step.
+  c.num_samples = 1000
+  c.label_noise = 0.0
+  c.online = False
   # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
   # symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
   # lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with optax sgd
@@ -165,6 +170,7 @@ def validate(c: ml_collections.ConfigDict):
   _finite('memory_gb', c.memory_gb, 0.0)
   _validate_beyond_lazy(c.beyond_lazy)
   _validate_lazy(c)
+  _validate_samples(c)
 
 
 def _validate_beyond_lazy(b: ml_collections.ConfigDict):
@@ -186,6 +192,29 @@ def _validate_lazy(c: ml_collections.ConfigDict):
   _finite('lazy.momentum', z.momentum, 0.0, False, 1.0, True)
   if not _is_int(z.power_iters) or z.power_iters < 1:
     raise ConfigError(f'config.lazy.power_iters must be an integer >= 1, got {z.power_iters!r}')
+
+
+def _validate_samples(c: ml_collections.ConfigDict):
+  """config.num_samples, label_noise, online: used by loss=samples, refused (when set) otherwise."""
+  if not isinstance(c.online, bool):
+    raise ConfigError(f'config.online must be True or False, got {c.online!r}')
+  _finite('label_noise', c.label_noise, 0.0)
+  if not _is_int(c.num_samples) or c.num_samples < 1:
+    raise ConfigError(f'config.num_samples must be an integer >= 1, got {c.num_samples!r}')
+  if c.loss != 'samples':
+    if c.online or c.label_noise:
+      raise ConfigError('config.online and config.label_noise need config.loss=samples, '
+                        f'got loss={c.loss!r}, online={c.online!r}, label_noise={c.label_noise!r}')
+    return
+  if not _factored(c):
+    raise ConfigError('config.loss=samples needs a factored target (target.kind != file or a .npz CP file, '
+                      'target.noise = 0: the labels are f_{T*}(x) of its components); use config.label_noise '
+                      'for noisy labels')
+  if c.online:
+    lazy_arms = [a for a in c.algorithms if a in ('lazy', 'lazy_exact')]
+    if lazy_arms:
+      raise ConfigError(f'config.online=True is for gd and beyond_lazy (the lazy arms learn from a fixed '
+                        f'training set), got config.algorithms with {", ".join(lazy_arms)}')
 
 
 def widths_of(c: ml_collections.ConfigDict, algorithm: str) -> tuple:

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, memory, metrics,
-                       objectives, plots, results, sweep, tensors)
+from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, lazy_samples, memory, metrics,
+                       network, objectives, plots, results, sweep, tensors)
 
 
 def seed_keys(seed: int):
@@ -29,8 +29,16 @@ def dtype_of(c) -> jnp.dtype:
   return jnp.float64 if c.x64 else jnp.float32
 
 
+def sampling_of(c) -> Optional[network.SampleSpec]:
+  """The data of config.loss = 'samples' (num_samples, online, label_noise); None for the tensor losses."""
+  if c.loss != 'samples':
+    return None
+  return network.SampleSpec(num_samples=int(c.num_samples), online=bool(c.online),
+                            label_noise=float(c.label_noise))
+
+
 def _build_gd(c, dim: int, bucket: int):
-  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg)
+  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg, sampling_of(c))
   return algorithms.GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr,
                        optimizer=c.optimizer, init_scale=c.init_scale, alpha=c.alpha,
                        eps=c.eps, dtype=dtype_of(c))
@@ -38,7 +46,7 @@ def _build_gd(c, dim: int, bucket: int):
 
 def _build_beyond_lazy(c, dim: int, bucket: int):
   b = c.beyond_lazy
-  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg)
+  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg, sampling_of(c))
   return beyond_lazy.BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr,
                                 optimizer=c.optimizer, init_scale=b.init_scale,
                                 reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
@@ -52,11 +60,17 @@ def _lazy_kwargs(c, dim: int, bucket: int):
 
 
 def _build_lazy(c, dim: int, bucket: int):
+  if c.loss == 'samples':  # GD on the linearized network outputs on the training set
+    return lazy_samples.LazySamples(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum,
+                                    power_iters=c.lazy.power_iters, sampling=sampling_of(c),
+                                    **_lazy_kwargs(c, dim, bucket))
   return lazy.Lazy(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum,
                    power_iters=c.lazy.power_iters, **_lazy_kwargs(c, dim, bucket))
 
 
 def _build_lazy_exact(c, dim: int, bucket: int):
+  if c.loss == 'samples':  # min-norm least squares on the samples: tangent-kernel regression
+    return lazy_samples.LazyExactSamples(steps=1, sampling=sampling_of(c), **_lazy_kwargs(c, dim, bucket))
   return lazy.LazyExact(steps=1, **_lazy_kwargs(c, dim, bucket))
 
 
@@ -121,9 +135,14 @@ def signs_of(c, bucket: int) -> np.ndarray:
 
 
 def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: str) -> algorithms.RunData:
-  """Host RunData for the cells (width, seed) of one program, stacked on a leading run axis."""
+  """Host RunData for the cells (width, seed) of one program, stacked on a leading run axis.
+
+  loss = 'samples': every run also gets its samples key (network.sample_key(seed)) and, unless
+  config.online, its fixed training set (batch 0, drawn here on the host, the same on any device count).
+  """
   dt = np.dtype(dtype_of(c))
   rows = []
+  drawn = {}
   for width, seed in cells:
     t = targets[seed]
     if loss == 'dense' and t.dense is None:  # build T* once, not at every step
@@ -134,7 +153,22 @@ def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: st
         mask=(np.arange(bucket) < width).astype(dt), signs=signs_of(c, bucket).astype(dt),
         width=np.asarray(width, dt), target=t,
         target_sq=np.asarray(tensors.target_sq_norm(jax.tree.map(jnp.asarray, targets[seed]), c.order), dt)))
+    if loss == 'samples':
+      if seed not in drawn:
+        drawn[seed] = _samples_of(c, t, seed, rows[-1].target_sq)
+      rows[-1] = rows[-1]._replace(samples=drawn[seed][0], sample_key=drawn[seed][1])
   return jax.tree.map(lambda *xs: np.stack(xs), *rows)
+
+
+def _samples_of(c, t: tensors.Target, seed: int, target_sq):
+  """(the fixed training set as host network.Samples, or None when online; the samples key)."""
+  key = network.sample_key(seed)
+  if c.online:
+    return None, np.asarray(key)
+  dim = t.factors.shape[1]
+  s = network.draw(key, 0, int(c.num_samples), dim, jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order,
+                   float(c.label_noise), jnp.sqrt(jnp.asarray(target_sq)), dtype_of(c))
+  return jax.tree.map(np.asarray, s), np.asarray(key)
 
 
 def provenance() -> Dict:
@@ -191,9 +225,12 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
         rel = _rel_error_dense(out.dense[i], t, c.order)
       if rel is None:
         code = algorithms.DIVERGED
+    reached = rel  # what the stopping rule compares with eps: for loss=samples the training error
+    if c.loss == 'samples':
+      reached = results.clean_number(out.extras['train_error'][i]) if 'train_error' in out.extras else None
     if code == algorithms.DIVERGED:
       status = 'diverged'
-    elif code == algorithms.CONVERGED or rel < c.eps:
+    elif code == algorithms.CONVERGED or (reached is not None and reached < c.eps):
       status = 'converged'
     else:
       status = 'max_steps'
@@ -205,6 +242,8 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
            'recovered_fraction': None, 'params_file': None, 'wall_s': round(out.wall_s, 3),
            'batch_runs': len(cells), 'bucket': bucket}
     row['alpha'] = alpha
+    if c.loss == 'samples':
+      row['num_samples'] = int(c.num_samples)
     row.update({k: _number(v[i]) for k, v in out.extras.items()})
     if coeffs is not None and rel is not None:
       if t.factors is not None:

@@ -12,7 +12,7 @@ import os
 
 import jax
 
-from overparam import config_lib, lazy, sweep
+from overparam import config_lib, lazy, lazy_samples, sweep
 from overparam.errors import ConfigError
 
 MARGIN = 2
@@ -51,14 +51,19 @@ def words_per_run(alg: str, c, dim: int, bucket: int, rank: int) -> int:
     words += 6 * dim ** order + (order + 2) * bucket * dim ** (order - 1) + 2 * params
   elif loss == 'dense':
     words += 3 * dim ** order + 2 * k * dim ** (order - 1)  # T*, residual; Khatri-Rao power and R(v^{l-1})
-  else:
+  elif loss != 'samples':
     words += 6 * k * k + 4 * k * rank + 2 * k * dim  # Gram powers and G V of the implicit loss
+  if c.loss == 'samples':  # x (n, d), the n x k pre-activations, Hermite recurrence and their cotangents
+    n = c.num_samples
+    words += 2 * n * dim + (order + 4) * n * k
   return words
 
 
 def program_bytes(alg: str, c, dim: int, bucket: int, rank: int, runs: int) -> int:
   dtype_bytes = 8 if c.x64 else 4
-  if alg == 'lazy_exact':
+  if alg == 'lazy_exact' and c.loss == 'samples':
+    per_run = lazy_samples.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, c.num_samples, dtype_bytes)
+  elif alg == 'lazy_exact':
     per_run = lazy.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, dtype_bytes)
   else:
     per_run = MARGIN * dtype_bytes * words_per_run(alg, c, dim, bucket, rank)
@@ -83,7 +88,10 @@ def check(c, limit_bytes: int = 0):
           need = program_bytes(alg, c, dim, max(ws), rank, runs)
           if need > limit:
             what = ''
-            if alg == 'lazy_exact':
+            if alg == 'lazy_exact' and c.loss == 'samples':
+              what = (f', J_F of {c.num_samples} x '
+                      f'{max(ws) * lazy.params_per_component(c.parametrization, dim)} (num_samples x params) per run')
+            elif alg == 'lazy_exact':
               what = (f', J of {lazy.sym_dim(dim, c.order)} x '
                       f'{max(ws) * lazy.params_per_component(c.parametrization, dim)} (C(d+l-1,l) x params) per run')
             raise ConfigError(

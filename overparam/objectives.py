@@ -8,20 +8,23 @@ with T(W) = sum_i coeffs_i factors_i^{(x)l}:
   homogeneous  W = {factors w (m, d)}, fixed signs s    -> (s ||w||^2, w / ||w||)
 
 Loss: L(W) = 1/2 ||T(W) - T*||_F^2 + reg/2 ||W||_F^2, with a component mask so padded
-components contribute nothing (neither to T nor to the regularizer).
+components contribute nothing (neither to T nor to the regularizer). With loss = 'samples' the data
+term is the network's empirical loss 1/(2n) sum_k (f_T(x_k) - y_k)^2, whose expectation is the same
+1/2 ||T - T*||_F^2 (overparam/network.py).
 """
 
 import dataclasses
+from typing import Optional
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from overparam import tensors
+from overparam import network, tensors
 
 PARAMETRIZATIONS = ('cp', 'power', 'homogeneous')
-LOSSES = ('dense', 'implicit')
+LOSSES = ('dense', 'implicit', 'samples')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Spec:
   parametrization: str = 'cp'
   loss: str = 'implicit'
   reg: float = 0.0
+  sampling: Optional[network.SampleSpec] = None  # the data of loss = 'samples'
 
   def __post_init__(self):
     if self.order < 2:
@@ -39,6 +43,8 @@ class Spec:
       raise ValueError(f'parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}')
     if self.loss not in LOSSES:
       raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
+    if (self.loss == 'samples') != (self.sampling is not None):
+      raise ValueError('sampling is given exactly when loss is samples')
 
 
 def init_params(key, parametrization: str, width: int, dim: int, scale: float, dtype=jnp.float32):
@@ -72,12 +78,18 @@ def canonical(params, parametrization: str, signs: jax.Array):
   raise ValueError(f'unknown parametrization {parametrization!r}')
 
 
-def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str) -> jax.Array:
-  """1/2 ||T(coeffs, factors) - T*||_F^2, dense (O(m d^l)) or implicit (O(m^2 d + m r d)).
+def data_loss(coeffs, factors, target: tensors.Target, order: int, loss: str,
+              samples: Optional[network.Samples] = None) -> jax.Array:
+  """1/2 ||T(coeffs, factors) - T*||_F^2, dense (O(m d^l)) or implicit (O(m^2 d + m r d)); for
+  loss = 'samples' its estimate on `samples`, network.sample_loss (O(n m d)).
 
   The dense form requires a symmetric T* (every target this package builds or loads is).
   """
   chex.assert_rank([coeffs, factors], [1, 2])
+  if loss == 'samples':
+    if samples is None:
+      raise ValueError('loss=samples needs the samples')
+    return network.sample_loss(coeffs, factors, samples, order)
   if loss == 'implicit':
     if not target.factored:
       raise ValueError('the implicit loss needs a factored target (no file, no noise); use loss=dense')
@@ -96,10 +108,11 @@ def regularizer(params, mask: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(mask * per_comp)
 
 
-def objective(params, signs, mask, target: tensors.Target, spec: Spec):
-  """Returns (L(W), data loss). mask (m,) in {0, 1} switches components off (padding)."""
+def objective(params, signs, mask, target: tensors.Target, spec: Spec, samples=None):
+  """Returns (L(W), data loss). mask (m,) in {0, 1} switches components off (padding).
+  samples: the batch of loss = 'samples' (network.Samples), else None."""
   coeffs, factors = canonical(params, spec.parametrization, signs)
-  dl = data_loss(coeffs * mask, factors, target, spec.order, spec.loss)
+  dl = data_loss(coeffs * mask, factors, target, spec.order, spec.loss, samples)
   total = dl + spec.reg * regularizer(params, mask) if spec.reg else dl
   return total, dl
 
