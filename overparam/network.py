@@ -121,7 +121,7 @@ def draw(key, batch, num: int, dim: int, target_coeffs, target_factors, order: i
   y = outputs(target_coeffs.astype(dtype), target_factors.astype(dtype), x, order)
   if label_noise:
     xi = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(kn, i), (), dtype))(ids)
-    y = y + (label_noise * target_norm).astype(dtype) * xi
+    y = y + jnp.asarray(label_noise * target_norm, dtype) * xi
   return Samples(x=x, y=y)
 
 
