@@ -58,9 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.memory_gb = 0.0  # memory one device may use (0: detect); every program is checked against it
   # loss = 'samples' (overparam/network.py): learn T* from num_samples points x ~ N(0, I_d) labelled by
   # the network f_{T*}(x) = <T*, H_l(x)> (+ label_noise ||T*|| N(0, 1)); online: fresh samples every step.
+  # A samples run stops when its training error falls below train_eps (0: eps / 10); eps judges the
+  # population error (n* = the smallest num_samples at which half the seeds reach rel_error < eps).
   c.num_samples = 1000
   c.label_noise = 0.0
   c.online = False
+  c.train_eps = 0.0
   # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
   # symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
   # lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with optax sgd
@@ -199,12 +202,14 @@ def _validate_samples(c: ml_collections.ConfigDict):
   if not isinstance(c.online, bool):
     raise ConfigError(f'config.online must be True or False, got {c.online!r}')
   _finite('label_noise', c.label_noise, 0.0)
+  _finite('train_eps', c.train_eps, 0.0)
   if not _is_int(c.num_samples) or c.num_samples < 1:
     raise ConfigError(f'config.num_samples must be an integer >= 1, got {c.num_samples!r}')
   if c.loss != 'samples':
-    if c.online or c.label_noise:
-      raise ConfigError('config.online and config.label_noise need config.loss=samples, '
-                        f'got loss={c.loss!r}, online={c.online!r}, label_noise={c.label_noise!r}')
+    if c.online or c.label_noise or c.train_eps:
+      raise ConfigError('config.online, config.label_noise and config.train_eps need config.loss=samples, '
+                        f'got loss={c.loss!r}, online={c.online!r}, label_noise={c.label_noise!r}, '
+                        f'train_eps={c.train_eps!r}')
     return
   if not _factored(c):
     raise ConfigError('config.loss=samples needs a factored target (target.kind != file or a .npz CP file, '

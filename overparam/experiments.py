@@ -37,11 +37,19 @@ def sampling_of(c) -> Optional[network.SampleSpec]:
                             label_noise=float(c.label_noise))
 
 
+def stop_eps(c) -> float:
+  """The error at which a run stops: config.eps; for loss=samples the training error's threshold
+  config.train_eps (0: eps / 10), so that the population error (which eps judges) can get below eps."""
+  if c.loss != 'samples':
+    return c.eps
+  return float(c.train_eps) or c.eps / 10
+
+
 def _build_gd(c, dim: int, bucket: int):
   spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg, sampling_of(c))
   return algorithms.GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr,
                        optimizer=c.optimizer, init_scale=c.init_scale, alpha=c.alpha,
-                       eps=c.eps, dtype=dtype_of(c))
+                       eps=stop_eps(c), dtype=dtype_of(c))
 
 
 def _build_beyond_lazy(c, dim: int, bucket: int):
@@ -50,12 +58,12 @@ def _build_beyond_lazy(c, dim: int, bucket: int):
   return beyond_lazy.BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr,
                                 optimizer=c.optimizer, init_scale=b.init_scale,
                                 reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
-                                epoch_growth=b.epoch_growth, eps=c.eps, dtype=dtype_of(c))
+                                epoch_growth=b.epoch_growth, eps=stop_eps(c), dtype=dtype_of(c))
 
 
 def _lazy_kwargs(c, dim: int, bucket: int):
   spec = objectives.Spec(c.order, c.parametrization, 'dense', 0.0)
-  return dict(spec=spec, dim=dim, bucket=bucket, eps=c.eps, init_scale=c.init_scale,
+  return dict(spec=spec, dim=dim, bucket=bucket, eps=stop_eps(c), init_scale=c.init_scale,
               symmetric_init=c.lazy.symmetric_init, ntk_scaling=c.lazy.ntk_scaling, dtype=dtype_of(c))
 
 
@@ -230,7 +238,7 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       reached = results.clean_number(out.extras['train_error'][i]) if 'train_error' in out.extras else None
     if code == algorithms.DIVERGED:
       status = 'diverged'
-    elif code == algorithms.CONVERGED or (reached is not None and reached < c.eps):
+    elif code == algorithms.CONVERGED or (reached is not None and reached < stop_eps(c)):
       status = 'converged'
     else:
       status = 'max_steps'

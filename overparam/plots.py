@@ -421,4 +421,124 @@ def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str, workdir: Option
     p = os.path.join(figures_dir, 'deflation.png')
     deflation(rows, workdir, eps, p)
     paths.append(p)
+  paths += sample_figures(rows, eps, figures_dir)
+  return paths
+
+
+# ---- loss = samples: learning T* from data (rows carry num_samples and train_error) ---------------
+
+def _sample_rows(rows):
+  return [r for r in rows if r.get('num_samples') is not None]
+
+
+def _by_regime(rows):
+  """{(algorithm, width): {dim: {n: [rows]}}}, the series of the sample figures."""
+  out = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
+  for r in rows:
+    out[(r['algorithm'], r['width'])][r['dim']][r['num_samples']].append(r)
+  return out
+
+
+def _median_band(vals):
+  v = np.asarray(vals, np.float64)
+  return np.median(v), v.min(), v.max()
+
+
+def sample_error_vs_n(rows: Sequence[Dict], eps: float, path: str, key: str = 'rel_error', gap: bool = False):
+  """One panel per (algorithm, width): median over seeds of the population rel_error versus n, one
+  line per d (band = min..max; diverged runs left out). gap=True adds train_error dashed: the
+  train/population gap."""
+  series = _by_regime(_sample_rows(rows))
+  keys = sorted(series, key=str)
+  fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+  for ax, (alg, width) in zip(axes[0], keys):
+    for dim in sorted(series[(alg, width)]):
+      by_n = series[(alg, width)][dim]
+      pts = [(n, *_median_band([r[key] for r in by_n[n] if r.get(key) is not None])) for n in sorted(by_n)
+             if any(r.get(key) is not None for r in by_n[n])]
+      if not pts:
+        continue
+      n, med, lo, hi = map(np.asarray, zip(*pts))
+      line, = ax.plot(n, np.maximum(med, 1e-16), marker='o', ms=3, label=f'd = {dim} population')
+      ax.fill_between(n, np.maximum(lo, 1e-16), np.maximum(hi, 1e-16), color=line.get_color(), alpha=0.15)
+      if gap:
+        tr = [(m, np.median([r['train_error'] for r in by_n[m] if r.get('train_error') is not None]))
+              for m in sorted(by_n) if any(r.get('train_error') is not None for r in by_n[m])]
+        if tr:
+          ax.plot(*zip(*[(m, max(v, 1e-16)) for m, v in tr]), ls='--', marker='x', ms=3, color=line.get_color(),
+                  label=f'd = {dim} train')
+    ax.axhline(eps, color='k', lw=0.8, ls=':', label=f'eps = {eps:g}')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('training samples n')
+    ax.set_title(f'{alg}, m = {width}', fontsize=9)
+    ax.legend(fontsize=6)
+  axes[0][0].set_ylabel('relative error (solid: population, exact)' if gap else 'population rel_error (exact)')
+  fig.suptitle('train (dashed) and population (solid) error versus n, median over seeds' if gap else
+               'population error versus n: median over seeds, band = min..max', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def n_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
+  """Log-log n*(d) per (algorithm, width) with the fitted exponent, the per-seed spread as error bars,
+  and the dimension C(d+l-1, l) of degree-l polynomials <T, H_l(x)> (what a kernel needs) for scale."""
+  ths = analysis.sample_thresholds(rows, eps)
+  fits = analysis.sample_exponents(ths)
+  series = collections.defaultdict(list)
+  for t in ths:
+    series[(t['algorithm'], t['order'], t['rank'], t['width'])].append(t)
+  fig, ax = plt.subplots(figsize=(6.2, 4.5))
+  top = max(r['num_samples'] for r in _sample_rows(rows))
+  for (alg, order, rank, width), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
+    pts = sorted((t['dim'], t['n_star'], [v for v in t['seed_n_star'].values() if v is not None]) for t in ts
+                 if t['n_star'] is not None)
+    fit = _fit_label(fits, algorithm=alg, order=order, rank=rank, width=width)
+    label = f'{alg}, m = {width}, r = {rank}{fit}'
+    if pts:
+      dims, ns, per = zip(*pts)
+      err = np.array([[max(n - min(p or [n]), 0) for n, p in zip(ns, per)],
+                      [max(max(p or [n]) - n, 0) for n, p in zip(ns, per)]])
+      line = ax.errorbar(dims, ns, yerr=err, marker='o', ms=5, capsize=3, label=label).lines[0]
+    else:
+      line, = ax.plot([], [], label=label)
+    miss = sorted(t['dim'] for t in ts if t['n_star'] is None)
+    if miss:  # n* above the largest n of the grid
+      ax.plot(miss, [top] * len(miss), ls='none', marker='^', mfc='none', color=line.get_color())
+  dims = sorted({t['dim'] for t in ths})
+  for order in sorted({t['order'] for t in ths}):
+    if len(dims) > 1:
+      grid = np.geomspace(min(dims), max(dims), 100)
+      ax.plot(grid, np.prod([grid + k for k in range(order)], axis=0) / math.factorial(order), color='gray', lw=1,
+              ls='--', label=f'C(d+{order - 1},{order}): dimension of degree-{order} <T, H(x)>')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  _plain_log_axes(ax)
+  if len(dims) <= 10:
+    ax.set_xticks(dims)
+  ax.set_xlabel('dimension d')
+  ax.set_ylabel(f'n* (half the seeds reach population rel_error < {eps:g})')
+  ax.set_title('samples needed versus d (bars: per-seed n* min..max; triangles: n* > grid)', fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def sample_figures(rows: Sequence[Dict], eps: float, figures_dir: str):
+  """The loss = samples figures, when the rows hold several n: population error versus n, the
+  train/population gap, and (several d) n* versus d. Returns the paths written."""
+  srows = _sample_rows(rows)
+  if len({r['num_samples'] for r in srows}) < 2:
+    return []
+  paths = []
+  for name, kw in (('sample_error_vs_n', {}), ('sample_gap_vs_n', {'gap': True})):
+    p = os.path.join(figures_dir, f'{name}.png')
+    sample_error_vs_n(srows, eps, p, **kw)
+    paths.append(p)
+  if len({r['dim'] for r in srows}) > 1:
+    p = os.path.join(figures_dir, 'n_star_vs_dim.png')
+    n_star_vs_dim(srows, eps, p)
+    paths.append(p)
   return paths
