@@ -170,7 +170,8 @@ def _validate_one(c: ml_collections.ConfigDict):
   if c.loss == 'implicit' and not _factored(c):
     raise ConfigError('config.loss=implicit needs a factored target (target.kind != file or a .npz CP file, '
                       'target.noise = 0); use loss=dense or auto')
-  optim.check(c.optimizer, c.get('optimizer_kwargs'), c.get('schedule', 'constant'), c.get('schedule_kwargs'))
+  optim.check(c.optimizer, c.get('optimizer_kwargs'), c.get('schedule', 'constant'), c.get('schedule_kwargs'),
+              c.steps)
   _finite('lr', c.lr, 0.0, True)
   _finite('eps', c.eps, 0.0, True)
   _finite('init_scale', c.init_scale, 0.0, True)

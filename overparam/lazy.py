@@ -372,7 +372,7 @@ def lazy_words_per_run(c, dim: int, bucket: int, rank: int) -> int:
   opt = optim.from_config(c)
   extra = dict(momentum=c.lazy.momentum, nesterov=True) if (opt.name == 'sgd' and c.lazy.momentum) else {}
   opt_words = memory.optimizer_words(dataclasses.replace(opt, kwargs=opt.kwargs + tuple(sorted(extra.items()))),
-                                     params)
+                                     params, c.steps)
   return (5 * params + opt_words + 6 * dim ** order + (order + 2) * bucket * dim ** (order - 1) + 2 * params)
 
 

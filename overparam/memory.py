@@ -44,9 +44,9 @@ def params_per_component(parametrization: str, dim: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def optimizer_words(opt: optim.Optimizer, n_params: int) -> int:
+def optimizer_words(opt: optim.Optimizer, n_params: int, steps: int) -> int:
   """Elements of the optimizer state for n_params parameters (its moments), by jax.eval_shape."""
-  state = jax.eval_shape(opt.make(1.0, 1).init, jax.ShapeDtypeStruct((n_params,), jnp.float32))
+  state = jax.eval_shape(opt.make(1.0, steps).init, jax.ShapeDtypeStruct((n_params,), jnp.float32))
   return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
 
@@ -62,7 +62,7 @@ def cp_model_words(c, dim: int, bucket: int, rank: int, *, per_comp: int, terms:
   """A run of GD on a CP-form model: W, W0, grad, update, new W, the optimizer state, the loss."""
   params = bucket * per_comp
   opt = opt if opt is not None else optim.from_config(c)
-  return 5 * params + optimizer_words(opt, params) + loss_words(c.order, dim, terms, rank, loss)
+  return 5 * params + optimizer_words(opt, params, c.steps) + loss_words(c.order, dim, terms, rank, loss)
 
 
 def words_per_run(alg: str, c, dim: int, bucket: int, rank: int) -> int:

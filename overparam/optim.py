@@ -84,8 +84,9 @@ def as_items(d) -> Tuple[Tuple[str, object], ...]:
   return tuple(sorted((k, _hashable(v)) for k, v in d.items()))
 
 
-def check(name: str, kwargs, schedule: str, schedule_kwargs, prefix: str = 'config.'):
-  """Raises ConfigError for an optimizer/schedule name or argument that optax does not have."""
+def check(name: str, kwargs, schedule: str, schedule_kwargs, steps: int = 1, prefix: str = 'config.'):
+  """Raises ConfigError for an optimizer/schedule name or argument that optax does not have, or a
+  schedule optax refuses for `steps` steps (e.g. warmup_steps >= steps)."""
   names = optimizer_names()
   if name not in names:
     raise ConfigError(f'{prefix}optimizer must be an optax optimizer taking a learning rate, one of '
@@ -114,6 +115,12 @@ def check(name: str, kwargs, schedule: str, schedule_kwargs, prefix: str = 'conf
   if missing:
     raise ConfigError(f'{prefix}schedule_kwargs.{missing[0]} is required by the {schedule} schedule '
                       f'(optax.{s.fn.__name__})')
+  try:
+    schedule_fn(schedule, 1.0, steps, schedule_kwargs)
+  except (ValueError, TypeError) as e:
+    detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise ConfigError(f'{prefix}schedule_kwargs: optax.{s.fn.__name__} refuses them with config.steps={steps} '
+                      f'({detail})') from None
 
 
 def schedule_fn(schedule: str, lr, steps: int, schedule_kwargs=()):
