@@ -17,14 +17,18 @@ import ml_collections
 from overparam import objectives, optim, registry, tensors
 from overparam.errors import ConfigError
 
-# The built-in algorithms (registry.names() lists every registered one).
-ALGORITHMS = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact')
 LOSSES = ('auto',) + objectives.LOSSES
 SIGNS = ('positive', 'balanced')
 # Numeric fields that are not experiment parameters and cannot be cell axes (dims and widths are
 # axes of their own; seed and num_seeds make the seed axis).
 NOT_AXES = ('dims', 'widths', 'num_seeds', 'seed', 'chunk_steps', 'trace_every', 'checkpoint_every_s',
             'memory_gb', 'ranks', 'alphas', 'axes')
+
+
+def __getattr__(name):
+  if name == 'ALGORITHMS':  # config_lib.ALGORITHMS: every registered algorithm (registry.names())
+    return registry.names()
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def base_config() -> ml_collections.ConfigDict:
