@@ -19,10 +19,14 @@ from overparam.errors import ConfigError
 
 LOSSES = ('auto',) + objectives.LOSSES
 SIGNS = ('positive', 'balanced')
-# Numeric fields that are not experiment parameters and cannot be cell axes (dims and widths are
-# axes of their own; seed and num_seeds make the seed axis).
-NOT_AXES = ('dims', 'widths', 'num_seeds', 'seed', 'chunk_steps', 'trace_every', 'checkpoint_every_s',
-            'memory_gb', 'ranks', 'alphas', 'axes')
+# Numeric fields that cannot be cell axes, and why.
+NOT_AXES = {
+    'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
+    'num_seeds': 'seeds are an axis of every sweep', 'seed': 'seeds are an axis of every sweep',
+    'eps': 'it defines m* for the whole summary; run one sweep per eps',
+    'chunk_steps': 'it does not change results', 'trace_every': 'it does not change results',
+    'checkpoint_every_s': 'it does not change results', 'memory_gb': 'it does not change results',
+}
 
 
 def __getattr__(name):
@@ -291,8 +295,10 @@ def axes_of(c) -> List[Tuple[str, tuple]]:
       current = get_field(c, field)
     except (KeyError, AttributeError, TypeError):
       raise ConfigError(f'config.axes: config has no field {field!r}') from None
-    if field.split('.')[0] in NOT_AXES or not _is_number(current):
-      raise ConfigError(f'config.axes: config.{field} is not a numeric experiment field and cannot be a cell axis')
+    if field in NOT_AXES:
+      raise ConfigError(f'config.axes: config.{field} cannot be a cell axis ({NOT_AXES[field]})')
+    if not _is_number(current):
+      raise ConfigError(f'config.axes: config.{field} is not a number ({current!r}) and cannot be a cell axis')
     values = []
     for t in text.split(','):
       try:

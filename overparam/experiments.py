@@ -248,15 +248,15 @@ def run(c: ml_collections.ConfigDict, workdir: str,
           for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name)):
             bucket = max(bucket_ws)
             cells = [(m, s) for m in bucket_ws for s in seeds
-                     if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, width=m, seed=s,
+                     if results.cell_id(dict(algorithm=alg_name, order=ca.order, dim=dim, width=m, seed=s,
                                              **cell)) not in done]
             if not cells:
               continue
             alg = build_algorithm(alg_name, ca, dim, bucket)
-            label = f'{alg_name}{tag} l={c.order} d={dim} widths={bucket_ws}'
-            ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{c.order}_d{dim}_B{bucket}.npz')
+            label = f'{alg_name}{tag} l={ca.order} d={dim} widths={bucket_ws}'
+            ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{ca.order}_d{dim}_B{bucket}.npz')
             out = sweep.run_program(
-                alg, run_data(ca, cells, targets, bucket, config_lib.resolve_loss(ca)), cells, chunk_steps=config_lib.chunk_of(c),
+                alg, run_data(ca, cells, targets, bucket, config_lib.resolve_loss(ca)), cells, chunk_steps=config_lib.chunk_of(ca),
                 trace_every=c.trace_every,
                 checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
                 label=label, on_chunk=on_chunk)

@@ -98,8 +98,9 @@ def test_alphas_and_alpha_axis_give_identical_rows(tmp_path):
 @pytest.mark.parametrize('axes, match', [
     (('lr',), "'field=v1,v2,...'"),
     (('lrr=0.1,0.2',), "no field 'lrr'"),
-    (('parametrization=1,2',), 'not a numeric'),
-    (('seed=1,2',), 'not a numeric'),
+    (('parametrization=1,2',), 'config.parametrization is not a number'),
+    (('seed=1,2',), 'config.seed cannot be a cell axis'),
+    (('eps=0.1,0.2',), 'config.eps cannot be a cell axis'),
     (('lr=0.1,abc',), 'must be numbers'),
     (('lr=0.1,0.1',), 'duplicate'),
     (('lr=0.1,-1.0',), 'config.lr must be > 0'),

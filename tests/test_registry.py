@@ -138,3 +138,14 @@ def test_sub_config_of_an_unselected_algorithm_is_reported():
   c = tiny(algorithms=('lazy_exact',))
   c.lazy.momentum = 0.9  # lazy_exact reads config.lazy (symmetric_init, ntk_scaling)
   assert config_lib.unused_subconfig_fields(c) == []
+
+
+def test_one_program_flag_runs_every_width_in_one_program(tmp_path):
+  """widths (1, 3) are two buckets by default (3 > 2 x 1); with one_program they are one program."""
+  with registry.registered(dataclasses.replace(TOY, one_program=True)):
+    c = tiny(algorithms=('toy_ngd',), dims=(4,), widths=(1, 3))
+    experiments.run(c, str(tmp_path))
+    with open(tmp_path / 'results.jsonl') as f:
+      rows = [json.loads(line) for line in f]
+  assert len(rows) == 4 and {(r['bucket'], r['batch_runs']) for r in rows} == {(3, 4)}
+  assert registry.get('gd').width_groups((1, 3)) == [[1], [3]]
