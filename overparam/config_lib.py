@@ -196,7 +196,6 @@ def _validate_one(c: ml_collections.ConfigDict):
   for spec in registry.specs():  # every algorithm's own fields, selected or not
     if spec.validate is not None:
       spec.validate(c)
-  _check_unused_subconfigs(c)
 
 
 def validate(c: ml_collections.ConfigDict):
@@ -205,12 +204,14 @@ def validate(c: ml_collections.ConfigDict):
   axes = axes_of(c)  # parses and checks the spelling
   selected = [registry.get(a) for a in c.algorithms]
   for field, values in axes:
-    if is_algorithm_specific(field) and not any(s.uses(field) for s in selected) and field != 'alpha':
+    legacy = field == 'alpha' and c.alphas  # config.alphas without gd has always been accepted (no cells)
+    if is_algorithm_specific(field) and not any(s.uses(field) for s in selected) and not legacy:
       users = [s.name for s in registry.specs() if s.uses(field)]
       raise ConfigError(f'config.axes: no algorithm in config.algorithms uses {field} (used by {", ".join(users)})')
     for v in values:
       if v != get_field(c, field):
         _validate_one(with_values(c, {field: v}))
+  _check_unused_subconfigs(c)
 
 
 def unused_subconfig_fields(c) -> List[str]:

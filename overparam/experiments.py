@@ -235,14 +235,13 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   rows = wd.load_results()
   done = {results.cell_id(r) for r in rows}
   seeds = [c.seed + s for s in range(c.num_seeds)]
-  for cc, _ in config_lib.common_configs(c):  # axes every algorithm shares (rank, ...) may change T*
+  for cc, common in config_lib.common_configs(c):  # axes every algorithm shares (rank, ...) may change T*
     for dim in c.dims:
       targets = {s: make_target(cc, dim, s, file_array) for s in seeds}
       for alg_name in c.algorithms:
         spec = registry.get(alg_name)
         for ca, values in config_lib.algorithm_configs(cc, alg_name):
-          values = {**{f: config_lib.get_field(cc, f) for f, _ in config_lib.axes_of(c)
-                       if not config_lib.is_algorithm_specific(f)}, **values}
+          values = {**common, **values}
           tag = file_tag(ca, values)
           cell = cell_fields(ca, alg_name, values)
           for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name)):
@@ -256,8 +255,8 @@ def run(c: ml_collections.ConfigDict, workdir: str,
             label = f'{alg_name}{tag} l={ca.order} d={dim} widths={bucket_ws}'
             ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{ca.order}_d{dim}_B{bucket}.npz')
             out = sweep.run_program(
-                alg, run_data(ca, cells, targets, bucket, config_lib.resolve_loss(ca)), cells, chunk_steps=config_lib.chunk_of(ca),
-                trace_every=c.trace_every,
+                alg, run_data(ca, cells, targets, bucket, config_lib.resolve_loss(ca)), cells,
+                chunk_steps=config_lib.chunk_of(ca), trace_every=c.trace_every,
                 checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
                 label=label, on_chunk=on_chunk)
             new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, values=values)
