@@ -27,24 +27,12 @@ from typing import Optional
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
-import optax
 
 from overparam import algorithms, lazy, network, objectives
 
 
-def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str, num_samples: int,
-                        dtype_bytes: int) -> int:
-  """Peak bytes of one lazy_exact-on-samples run: J_F is n x P (P = bucket x params per component);
-  with the Gram matrix, its eigenvectors and workspace 5 n P words as lazy.exact_bytes_per_run counts
-  for the tensor case, plus the samples and the dense d^l tensors."""
-  p = bucket * lazy.params_per_component(parametrization, dim)
-  return dtype_bytes * (5 * num_samples * p + 2 * num_samples * dim + 4 * dim ** order)
-
-
-@dataclasses.dataclass(frozen=True)
-class _LinearizedSamples(lazy._Linearized):  # noqa: SLF001 - the same model as lazy.py's
-  """The network outputs of lazy._Linearized's model on the training set."""
-  sampling: Optional[network.SampleSpec] = None
+class _Outputs:
+  """The network outputs of lazy._Linearized's model on the training set (a mixin of the classes below)."""
 
   def __post_init__(self):
     if self.sampling is None or self.sampling.online:
@@ -76,14 +64,9 @@ class _LinearizedSamples(lazy._Linearized):  # noqa: SLF001 - the same model as 
 
 
 @dataclasses.dataclass(frozen=True)
-class LazySamples(_LinearizedSamples):
-  """GD (optax.sgd; Nesterov if momentum > 0) on the linearized outputs, step lr_scale / lambda_max."""
-  lr_scale: float = 1.0
-  power_iters: int = 100
-  momentum: float = 0.0
-
-  def _opt(self, lr):
-    return optax.sgd(lr, momentum=self.momentum or None, nesterov=bool(self.momentum))
+class LazySamples(_Outputs, lazy.Lazy):
+  """lazy.Lazy on the empirical loss: GD (its optimizer) on the linearized outputs, step lr_scale / lambda_max."""
+  sampling: Optional[network.SampleSpec] = None
 
   def lambda_max(self, params0, data: algorithms.RunData) -> jax.Array:
     """Largest eigenvalue of (1/n) J_F^T J_F (the Hessian of the empirical loss) by power iteration."""
@@ -118,13 +101,12 @@ class LazySamples(_LinearizedSamples):
     return algorithms.guarded_update(state, out, grads, self._opt(state.aux['lr']), self.eps, self.steps,
                                      data.target_sq)
 
-  def extras(self, state, data):
-    return {**super().extras(state, data), 'step_size': state.aux['lr'], 'lambda_max': state.aux['lambda_max']}
 
 
 @dataclasses.dataclass(frozen=True)
-class LazyExactSamples(_LinearizedSamples):
+class LazyExactSamples(_Outputs, lazy._Linearized):  # noqa: SLF001 - the same model as lazy.py's
   """Min-norm least squares on the samples (tangent-kernel regression); solved in `init`, `step` is a no-op."""
+  sampling: Optional[network.SampleSpec] = None
 
   def output_jacobian(self, params, data: algorithms.RunData) -> jax.Array:
     """J_F of the undoubled model at `params`: (n, P), P = B x params per component, columns in

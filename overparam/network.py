@@ -138,3 +138,33 @@ def step_samples(data, step, sampling: SampleSpec, order: int, dim: int, dtype) 
 def scale_labels(samples: Samples, factor) -> Samples:
   """Labels times `factor` (beyond_lazy trains on T* / ||T*||: its labels are divided the same way)."""
   return samples._replace(y=samples.y * factor)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config (read by the algorithms that learn from samples: their registry specs list SAMPLE_FIELDS).
+
+SAMPLE_FIELDS = ('loss', 'num_samples', 'label_noise', 'online', 'train_eps')
+
+
+def sample_spec_of(c):
+  """The SampleSpec of config.loss = 'samples' (num_samples, online, label_noise); None otherwise."""
+  if c.loss != 'samples':
+    return None
+  return SampleSpec(num_samples=int(c.num_samples), online=bool(c.online), label_noise=float(c.label_noise))
+
+
+def stop_eps(c) -> float:
+  """The error at which a run stops: config.eps; for loss = 'samples' the training error's threshold
+  config.train_eps (0: eps / 10), so that the population error, which eps judges, can get below eps."""
+  if c.loss != 'samples':
+    return c.eps
+  return float(c.train_eps) or c.eps / 10
+
+
+def sample_words(c, dim: int, terms: int) -> int:
+  """Array elements of the samples and the network's intermediates in one run (memory estimate): x (n, d)
+  (twice online: drawn every step), the n x terms pre-activations, Hermite recurrence and cotangents."""
+  if c.loss != 'samples':
+    return 0
+  n = int(c.num_samples)
+  return 2 * n * dim + (c.order + 4) * n * terms + 2 * n
