@@ -260,41 +260,47 @@ def n_star(rows: Sequence[Dict], eps: float) -> Optional[int]:
   return m_star([{**r, 'width': r['num_samples']} for r in rows], eps)
 
 
+def _extra_but_n(r: Dict) -> tuple:
+  """extra_of(r) without the num_samples axis (n* is taken over it)."""
+  alpha, axes = extra_of(r)
+  return (alpha, tuple((k, v) for k, v in axes if k != 'num_samples'))
+
+
 def sample_thresholds(rows: Sequence[Dict], eps: float) -> List[Dict]:
-  """n* per (algorithm, order, dim, rank, width[, alpha]) over the rows that carry num_samples
-  (null when no n of the grid gets half the seeds below eps), with each seed's own smallest n
-  (`seed_n_star`) and the grid of n that was run."""
+  """n* per (algorithm, order, dim, rank, width[, alpha][, other config.axes values]) over the rows
+  that carry num_samples (null when no n of the grid gets half the seeds below eps), with each
+  seed's own smallest n (`seed_n_star`) and the grid of n that was run."""
   groups = collections.defaultdict(list)
   for r in rows:
     if r.get('num_samples') is not None:
-      groups[(r['algorithm'], r['order'], r['dim'], r['rank'], r['width'], r.get('alpha'))].append(r)
+      groups[(r['algorithm'], r['order'], r['dim'], r['rank'], r['width'], _extra_but_n(r))].append(r)
   out = []
-  for key in sorted(groups, key=lambda g: (g[:5], _alpha_key(g[5]))):
+  for key in sorted(groups, key=lambda g: (g[:5], _extra_key(g[5]))):
     g = groups[key]
     per_seed = collections.defaultdict(list)
     for r in g:
       per_seed[r['seed']].append((r['num_samples'], r['rel_error'] is not None and r['rel_error'] < eps))
     seed_n = {str(s): min((n for n, ok in v if ok), default=None) for s, v in sorted(per_seed.items())}
-    a, o, d, k, w, al = key
-    out.append(_with_alpha({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'width': w,
+    a, o, d, k, w, ex = key
+    out.append(_with_extra({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'width': w,
                             'n_star': n_star(g, eps), 'seed_n_star': seed_n,
-                            'num_samples': sorted({r['num_samples'] for r in g})}, al))
+                            'num_samples': sorted({r['num_samples'] for r in g})}, ex))
   return out
 
 
 def sample_exponents(ths: Sequence[Dict]) -> List[Dict]:
-  """Power-law fit of n* against d per (algorithm, order, rank, width[, alpha]), over the d where
-  n* exists (at least two)."""
+  """Power-law fit of n* against d per (algorithm, order, rank, width[, alpha][, other axes]), over
+  the d where n* exists (at least two)."""
   groups = collections.defaultdict(list)
   for t in ths:
     if t.get('n_star') is not None:
-      groups[(t['algorithm'], t['order'], t['rank'], t['width'], t.get('alpha'))].append((t['dim'], t['n_star']))
+      groups[(t['algorithm'], t['order'], t['rank'], t['width'], extra_of(t))].append((t['dim'], t['n_star']))
   out = []
-  for key in sorted(groups, key=lambda g: (g[:4], _alpha_key(g[4]))):
+  for key in sorted(groups, key=lambda g: (g[:4], _extra_key(g[4]))):
     pts = groups[key]
     fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
     if fit is not None:
-      a, o, k, w, al = key
-      out.append(_with_alpha({'algorithm': a, 'order': o, 'rank': k, 'width': w, 'quantity': 'n_star',
-                              'versus': 'dim', **fit}, al))
+      a, o, k, w, ex = key
+      out.append(_with_extra({'algorithm': a, 'order': o, 'rank': k, 'width': w, 'quantity': 'n_star',
+                              'versus': 'dim', **fit}, ex))
   return out

@@ -307,3 +307,27 @@ def test_samples_runs_identical_on_one_and_four_devices(tmp_path, online, x64):
   four = _launch(str(tmp_path / 'four'), *flags, devices=4)
   assert len(one) == 8
   assert [[r.get(k) for k in KEYS] for r in one] == [[r.get(k) for k in KEYS] for r in four]
+
+
+def test_num_samples_axis_equals_separate_runs_and_gives_n_star(tmp_path):
+  c = tiny(algorithms=('gd', 'lazy_exact'), widths=(3,), num_samples=20, eps=0.5, steps=40,
+           axes=('num_samples=20,56',), **{'algorithm_widths.lazy_exact': (10,)})
+  summary = experiments.run(c, str(tmp_path / 'axis'))
+  rows = _load(str(tmp_path / 'axis'))
+  assert sorted({r['num_samples'] for r in rows}) == [20, 56] and len(rows) == 8
+  for n in (20, 56):
+    one = tiny(algorithms=('gd', 'lazy_exact'), widths=(3,), num_samples=n, eps=0.5, steps=40,
+               **{'algorithm_widths.lazy_exact': (10,)})
+    experiments.run(one, str(tmp_path / f'n{n}'))
+    sep = _load(str(tmp_path / f'n{n}'))
+    mine = [r for r in rows if r['num_samples'] == n]
+    assert [[r.get(k) for k in KEYS] for r in mine] == [[r.get(k) for k in KEYS] for r in sep]
+  st = {(t['algorithm'], t['width']): t for t in summary['sample_thresholds']}
+  assert set(st) == {('gd', 3), ('lazy_exact', 10)}
+  for (alg, w), t in st.items():
+    ok = {n: sum(r['rel_error'] is not None and r['rel_error'] < 0.5 for r in rows
+                 if r['algorithm'] == alg and r['num_samples'] == n) for n in (20, 56)}
+    want = next((n for n in (20, 56) if 2 * ok[n] >= 2), None)
+    assert t['n_star'] == want and t['num_samples'] == [20, 56]
+  # lazy_exact at d = 5 (C(7, 3) = 35 features): 56 noise-free samples and a full tangent space recover T*
+  assert all(r['rel_error'] < 1e-6 for r in rows if r['algorithm'] == 'lazy_exact' and r['num_samples'] == 56)
