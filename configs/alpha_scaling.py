@@ -1,5 +1,14 @@
 r"""alpha-scaling (Chizat, Oyallon and Bach 2019): from rich to lazy training at one width.
 
+Provenance. alpha-scaling is from Chizat, Oyallon and Bach, "On Lazy Training in Differentiable
+Programming" (NeurIPS 2019), not from the tensor papers: there, lazy training "is due to a choice of
+scaling, often implicit, that makes the model behave as its linearization around the initialization",
+and a model scaled by alpha with its loss divided by alpha^2 trains lazily as alpha grows, if its output
+is close to zero at initialization. This project's choices: the centred model T(W0) + alpha (T(W) - T(W0))
+(so every alpha starts from the same tensor T(W0)), one step size for every alpha, and the tensor loss.
+What this config measures is therefore that transition on this problem, not a result of the 2020
+tensor paper (whose lazy regime is defined by the linearization, `lazy` / `lazy_exact`).
+
   python launch.py --config=configs/alpha_scaling.py --workdir=workdirs/alpha_scaling
 
 Plain GD on the centred model T(W0) + alpha (T(W) - T(W0)) with the loss divided by alpha^2, for alpha

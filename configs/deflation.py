@@ -11,6 +11,15 @@ falls in a staircase, one step per c*_j (weights 1, 1/2, 1/4, 1/8, 1/16). Every 
 each a_j over time for one run, and the iteration at which each a_j is half fitted versus c*_j for
 every run (analysis.fit_steps / fit_order compute the order).
 
+Provenance. The deflation picture (larger components fitted first, then smaller ones) and the
+modified gradient flow that provably follows it on orthogonally decomposable tensors are from Ge, Ren,
+Wang, Zhou, "Understanding Deflation Process in Over-parametrized Tensor Decomposition" (NeurIPS 2021);
+this config uses orthonormal components, their setting. The algorithm run here is this project's
+discrete reconstruction of that flow (overparam/beyond_lazy.py: normalized units, re-initialization
+threshold above the init scale, its own epoch schedule and defaults, stop at eps), so the staircase and
+the fitting order it shows are measurements of the reconstruction, not a check of the 2021 theorem's
+rates or constants, and nothing here comes from the 2020 paper's (non-public) Algorithm 1.
+
 Plain gd (cp parametrization from init 0.3) also deflates but, at order 4, its escape from the small
 init is ~100x slower (the direction speed scales with the component's size): add it with
 --config.algorithms='("beyond_lazy","gd")' --config.steps=40000 to compare.

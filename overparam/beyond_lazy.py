@@ -1,4 +1,27 @@
-"""The beyond-lazy variant of gradient descent (Wang, Wu, Lee, Ma, Ge 2020; DESIGN.md section 2).
+"""`beyond_lazy`: gradient descent beyond the lazy regime, a reconstruction (DESIGN.md section 4).
+
+Provenance, exactly. It is not "Algorithm 1" of Wang, Wu, Lee, Ma, Ge, "Beyond Lazy Training for
+Over-parameterized Tensor Decomposition" (NeurIPS 2020): that algorithm is not in its public text.
+  - From the 2020 paper (abstract and introduction): the problem and objective (1), fitting
+    T* = sum_j c*_j a_j^{(x)l} by m > r components; the lazy bound m = Omega(d^{l-1}); and that "a
+    variant of gradient descent can find an approximate tensor when m = O*(r^{2.5l} log d)", the
+    variant running on an objective different from (1). Nothing else here comes from it.
+  - From Ge, Ren, Wang, Zhou, "Understanding Deflation Process in Over-parametrized Tensor
+    Decomposition" (NeurIPS 2021), whose abstract proves that "a slightly modified version of gradient
+    flow" follows a deflation process on orthogonally decomposable tensors: the structure of that
+    modified flow, whose inputs are the number of components m, an initialization scale, a
+    re-initialization threshold, an epoch-length growth rate, a target accuracy and a regularization
+    coefficient: small init on the sphere, l2-regularized gradient flow in epochs of growing length,
+    components below the threshold re-initialized at epoch starts, stop at the target accuracy.
+  - This project's choices: discrete GD steps (an optax optimizer, step config.beyond_lazy.lr) instead
+    of a flow; training on T*/||T*||_F (normalized units, so one set of defaults serves every scale);
+    the 2-homogeneous parametrization below; a re-initialization threshold ABOVE the init scale
+    (re-draw what did not grow 10x in an epoch; README "Beyond lazy" has the measurement that chose
+    it); the epoch schedule round(epoch_length * epoch_growth^e); re-draw keys; the stopping rule
+    rel_error < eps at any step (not only at an epoch end); every default value.
+  Therefore a measured m* of this code is not a test of the 2020 theorem (whose algorithm and
+  constants are not public) nor of the 2021 theorem (which is for orthogonal tensors, a flow and its
+  own parameter scalings): it measures what this reconstruction does, on the targets it is given.
 
 Model: the 2-homogeneous parametrization T(W) = sum_i s_i ||w_i||^2 (w_i / ||w_i||)^{(x)l}.
 Loss:  1/2 ||T(W) - T*/||T*||_F||_F^2 + reg/2 ||W||_F^2   (the target is normalized, see below).
@@ -20,7 +43,9 @@ arrive at an already fitted a_j stop growing and are recycled by the re-initiali
 Units. The algorithm trains on T* / ||T*||_F and rescales its export by ||T*||_F: the parameters
 (init_scale, reinit_threshold, reg, lr) are dimensionless, so one set of defaults works whatever
 the scale of the target (rank, weights, a user's file). The step size has its own field
-(config.beyond_lazy.lr) because of this: config.lr is plain gd's step on the raw loss.
+(config.beyond_lazy.lr) because of this: config.lr is plain gd's step on the raw loss. With
+loss = 'samples' (overparam/network.py) it fits the network's empirical loss with the labels divided
+by the same ||T*||_F (f_{T*/s} = f_{T*}/s), and stops when the training error is below network.stop_eps.
 
 The re-initialization is a mask, never a Python branch: the step function of every run is the same
 traced program, so it runs inside the sweep engine's vmapped scan. Under vmap a conditional
@@ -73,7 +98,8 @@ def normalized_target(target: tensors.Target, scale) -> tensors.Target:
 
 @dataclasses.dataclass(frozen=True)
 class BeyondLazy(algorithms.Algorithm):
-  """Algorithm 1 of the paper as a per-run algorithm of the sweep engine (see module docstring).
+  """The beyond-lazy reconstruction as a per-run algorithm of the sweep engine (see module docstring:
+  not the 2020 paper's Algorithm 1).
 
   spec must use the homogeneous parametrization; spec.reg is the regularizer (normalized units).
   """

@@ -331,3 +331,15 @@ def test_num_samples_axis_equals_separate_runs_and_gives_n_star(tmp_path):
     assert t['n_star'] == want and t['num_samples'] == [20, 56]
   # lazy_exact at d = 5 (C(7, 3) = 35 features): 56 noise-free samples and a full tangent space recover T*
   assert all(r['rel_error'] < 1e-6 for r in rows if r['algorithm'] == 'lazy_exact' and r['num_samples'] == 56)
+
+
+def test_lazy_exact_on_samples_memory_is_estimated_and_refused():
+  from overparam import memory  # noqa: PLC0415
+  c = tiny(algorithms=('lazy_exact',), num_samples=5000, widths=(40,), dims=(20,))
+  need = memory.program_bytes('lazy_exact', c, 20, 40, 2, 1)
+  assert need >= 8 * 5 * 5000 * 40 * 21  # 5 n P float64 words: J_F (n, P), its Gram matrix, eigenvectors
+  c.memory_gb = need / 2 ** 30 / 2
+  with pytest.raises(errors.ConfigError, match=r'J_F of 5000 x 840 \(num_samples x params\)'):
+    memory.check(c)
+  c.memory_gb = 2 * need * c.num_seeds / 2 ** 30
+  memory.check(c)

@@ -30,6 +30,8 @@ FIGURES = {
                 ('lazy_threshold_l3.png', 'lazy_threshold_l3.png')],
     'alpha_scaling': [('alpha_scaling.png', 'alpha_scaling.png')],
     'deflation': [('deflation.png', 'deflation.png')],
+    'network': [('n_star_vs_dim.png', 'network_n_star.png'), ('sample_error_vs_n.png', 'network_error_vs_n.png'),
+                ('sample_gap_vs_n.png', 'network_gap.png')],
 }
 MAX_BYTES = 200 * 1024
 
