@@ -17,7 +17,7 @@ import ml_collections
 from overparam import objectives, optim, registry, tensors
 from overparam.errors import ConfigError
 
-LOSSES = ('auto',) + objectives.LOSSES
+LOSSES = ('auto',) + objectives.ALL_LOSSES
 SIGNS = ('positive', 'balanced')
 # Numeric fields that cannot be cell axes, and why.
 NOT_AXES = {

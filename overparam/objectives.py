@@ -24,7 +24,8 @@ import numpy as np
 from overparam import network, tensors
 
 PARAMETRIZATIONS = ('cp', 'power', 'homogeneous')
-LOSSES = ('dense', 'implicit', 'samples')
+LOSSES = ('dense', 'implicit')  # the tensor losses
+ALL_LOSSES = LOSSES + ('samples',)  # and the network's empirical loss (network.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,8 @@ class Spec:
       raise ValueError(f'order must be >= 2, got {self.order}')
     if self.parametrization not in PARAMETRIZATIONS:
       raise ValueError(f'parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}')
-    if self.loss not in LOSSES:
-      raise ValueError(f'loss must be one of {LOSSES}, got {self.loss!r}')
+    if self.loss not in ALL_LOSSES:
+      raise ValueError(f'loss must be one of {ALL_LOSSES}, got {self.loss!r}')
     if (self.loss == 'samples') != (self.sampling is not None):
       raise ValueError('sampling is given exactly when loss is samples')
 
