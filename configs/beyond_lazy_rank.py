@@ -7,7 +7,8 @@ r (rows carry `rank`); summary.json holds m*(r) per arm and the power-law fit of
 (`exponents` entries with versus = rank); figures/m_star_vs_rank.png plots both arms with their
 fits and the line m = r, figures/success_vs_overparam.png the success rate against m / r.
 The paper's bound is m = O*(r^{2.5 l}); what this measures is the actual threshold of the two arms
-(beyond_lazy: the paper's variant; gd: plain GD on Eq. (1) from init 0.3), on random unit a_j.
+(beyond_lazy: this project's reconstruction of a beyond-lazy variant; gd: plain GD on Eq. (1) from
+init 0.3), on random unit a_j.
 
 Expected run time: ~9 minutes on 2 CPU cores (8 seeds; measured 5 minutes with
 --config.num_seeds=4, most of it compiling one program per (arm, rank, width bucket)).

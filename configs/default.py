@@ -9,7 +9,8 @@ algorithm fits the same T* of each (seed, d) (DESIGN.md section 2):
   lazy         (off by default: not cheap on a CPU) gradient descent on the jax.linearize model,
                lazy_exact's user-facing twin (configs/lazy_threshold.py shows they agree); add it with
                --config.algorithms='("lazy_exact","lazy","beyond_lazy","gd")' (~10 more minutes);
-  beyond_lazy  the paper's variant of GD (small init, re-initialization, growing epochs);
+  beyond_lazy  a reconstruction of a beyond-lazy variant of GD (small init, re-initialization, growing
+               epochs; README "Beyond lazy": what comes from which paper);
   gd           plain GD on the CP model from init scale 0.3.
 Each arm runs its own width grid (`algorithm_widths`): the lazy arms a geometric grid 5..64 (ratio
 ~1.2) that covers the dimension count C(d+2, 3)/d ~ d^2/6 (51 at d = 16), gd and beyond_lazy 2..16
