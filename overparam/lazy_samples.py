@@ -10,7 +10,7 @@ points and its linearization F_lin(W) = F(W0) + J_F (W - W0) (jax.linearize, O(n
   `lazy_exact` (LazyExactSamples) its limit, the min-norm least-squares solution
                                   W* = W0 + J_F^+ (y - F(W0)): kernel regression with the network's
                                   tangent kernel K(x, x') = J_F(x) J_F(x')^T (ridgeless; it
-                                  interpolates when n <= rank J_F). J_F (n, P) is built per neuron by
+                                  interpolates when J_F has full row rank n). J_F (n, P) is built per neuron by
                                   forward mode and solved by lazy.min_norm_solve.
 
 The learned function is linear in T: f_T(x) = <T, H_l(x)>, so F_lin(W) = <T_lin(W), H_l(x_k)> with
@@ -100,7 +100,6 @@ class LazySamples(_Outputs, lazy.Lazy):
     out, grads = jax.value_and_grad(loss, has_aux=True)(state.params)
     return algorithms.guarded_update(state, out, grads, self._opt(state.aux['lr']), self.eps, self.steps,
                                      data.target_sq)
-
 
 
 @dataclasses.dataclass(frozen=True)
