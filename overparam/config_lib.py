@@ -24,6 +24,7 @@ NOT_AXES = {
     'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
     'num_seeds': 'seeds are an axis of every sweep', 'seed': 'seeds are an axis of every sweep',
     'eps': 'it defines m* for the whole summary; run one sweep per eps',
+    'steps': 'rows use `steps` for the steps a run took; run one sweep per budget',
     'chunk_steps': 'it does not change results', 'trace_every': 'it does not change results',
     'checkpoint_every_s': 'it does not change results', 'memory_gb': 'it does not change results',
 }
