@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, memory, metrics,
-                       objectives, plots, results, sweep, tensors)
+from overparam import (algorithms, analysis, config_lib, memory, metrics, objectives, plots, registry,
+                       results, sweep, tensors)
 
 
 def seed_keys(seed: int):
@@ -25,84 +25,51 @@ def seed_keys(seed: int):
   return tuple(jax.random.fold_in(key, i) for i in range(3))
 
 
-def dtype_of(c) -> jnp.dtype:
-  return jnp.float64 if c.x64 else jnp.float32
+dtype_of = config_lib.dtype_of
 
 
-def _build_gd(c, dim: int, bucket: int):
-  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg)
-  return algorithms.GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr,
-                       optimizer=c.optimizer, init_scale=c.init_scale, alpha=c.alpha,
-                       eps=c.eps, dtype=dtype_of(c))
+def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int) -> algorithms.Algorithm:
+  """The registered algorithm `name` for one program (registry.AlgorithmSpec.build)."""
+  spec = registry.find(name)
+  if spec is None:
+    raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r} (registered: '
+                                 f'{", ".join(registry.names())})')
+  return spec.build(c, dim, bucket)
 
 
-def _build_beyond_lazy(c, dim: int, bucket: int):
-  b = c.beyond_lazy
-  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg)
-  return beyond_lazy.BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr,
-                                optimizer=c.optimizer, init_scale=b.init_scale,
-                                reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
-                                epoch_growth=b.epoch_growth, eps=c.eps, dtype=dtype_of(c))
+def _tag_value(v) -> str:
+  return repr(v) if isinstance(v, float) else str(v)
 
 
-def _lazy_kwargs(c, dim: int, bucket: int):
-  spec = objectives.Spec(c.order, c.parametrization, 'dense', 0.0)
-  return dict(spec=spec, dim=dim, bucket=bucket, eps=c.eps, init_scale=c.init_scale,
-              symmetric_init=c.lazy.symmetric_init, ntk_scaling=c.lazy.ntk_scaling, dtype=dtype_of(c))
+def file_tag(c: ml_collections.ConfigDict, values: Dict) -> str:
+  """Part of checkpoint/params/trajectory names that makes them unique per cell-axis value:
+  `_r<rank>` (rank axis), `_<field><value>` (other axes, in order), `_a<alpha>` (alpha axis)."""
+  tag = ''
+  for field, _ in config_lib.axes_of(c):
+    v = values.get(field)
+    if v is None:
+      continue
+    if field == 'rank':
+      tag += f'_r{v}'
+    elif field == 'alpha':
+      continue
+    else:
+      tag += f'_{field}{_tag_value(v)}'
+  if values.get('alpha') is not None and any(f == 'alpha' for f, _ in config_lib.axes_of(c)):
+    tag += f'_a{values["alpha"]:g}'
+  return tag
 
 
-def _build_lazy(c, dim: int, bucket: int):
-  return lazy.Lazy(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum,
-                   power_iters=c.lazy.power_iters, **_lazy_kwargs(c, dim, bucket))
-
-
-def _build_lazy_exact(c, dim: int, bucket: int):
-  return lazy.LazyExact(steps=1, **_lazy_kwargs(c, dim, bucket))
-
-
-# name -> builder(config, dim, bucket) returning an algorithm (see algorithms.py for the protocol).
-BUILDERS = {'gd': _build_gd, 'beyond_lazy': _build_beyond_lazy, 'lazy': _build_lazy,
-            'lazy_exact': _build_lazy_exact}
-
-
-# Algorithms whose model is alpha-scaled (config.alpha, or the cell axis config.alphas); rows of the
-# others carry alpha = None.
-ALPHA_ALGORITHMS = ('gd',)
-
-
-def alpha_configs(c: ml_collections.ConfigDict, alg_name: str):
-  """[(alpha, config with config.alpha = alpha)] for one algorithm: one per config.alphas (or
-  config.alpha when that is empty) for alpha-scaled algorithms, [(None, c)] for the others."""
-  if alg_name not in ALPHA_ALGORITHMS:
-    return [(None, c)]
-  out = []
-  for a in (tuple(c.alphas) or (c.alpha,)):
-    ca = c
-    if a != c.alpha:
-      ca = c.copy_and_resolve_references()
-      ca.alpha = float(a)
-    out.append((float(a), ca))
+def cell_fields(c: ml_collections.ConfigDict, alg_name: str, values: Dict) -> Dict:
+  """Row fields of the cell axes: rank, alpha (the config's for alpha-scaled algorithms, else
+  None) and, when config.axes has other fields, each one's value (None where `alg_name` does not
+  read it) and `axes`, their names (results.cell_id uses them)."""
+  out = {'rank': c.rank, 'alpha': float(c.alpha) if registry.get(alg_name).alpha_scaled else None}
+  extra = config_lib.generic_axes(c)
+  if extra:
+    out.update({f: values.get(f) for f in extra})
+    out['axes'] = list(extra)
   return out
-
-
-def rank_config(c: ml_collections.ConfigDict, rank: int) -> ml_collections.ConfigDict:
-  """c with config.rank = rank (one value of the cell axis config.ranks)."""
-  if rank == c.rank:
-    return c
-  cr = c.copy_and_resolve_references()
-  cr.rank = int(rank)
-  return cr
-
-
-def file_tag(c: ml_collections.ConfigDict, alpha: Optional[float]) -> str:
-  """Part of checkpoint/params/trajectory names for the cell axes config.ranks and config.alphas."""
-  return (f'_r{c.rank}' if c.ranks else '') + (f'_a{alpha:g}' if c.alphas and alpha is not None else '')
-
-
-def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int):
-  if name not in BUILDERS:
-    raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r}')
-  return BUILDERS[name](c, dim, bucket)
 
 
 def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:
@@ -163,22 +130,30 @@ def _number(x):
 
 
 def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer,
-             alpha: Optional[float] = None) -> List[Dict]:
+             values: Optional[Dict] = None) -> List[Dict]:
   """One results row per cell; saves learned factors when asked.
 
-  alpha: the row's alpha (None for algorithms that are not alpha-scaled); file names carry it when
-  config.alphas makes alpha a cell axis.
+  c: the config of the program (every cell-axis field at its value); values: {axis field: value}
+  of the program (experiments.cell_fields), which rows and file names carry.
 
   rel_error is recomputed on the host in float64 from the exported CP tensor (or the dense model
   for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged.
   """
-  tag = file_tag(c, alpha)
+  values = values or {}
+  tag = file_tag(c, values)
+  cell = cell_fields(c, alg_name, values)
+  declared = set(registry.get(alg_name).row_fields)
+  if not set(out.extras) <= declared:
+    raise ValueError(f'{alg_name}: extras {sorted(set(out.extras) - declared)} are not in its registry row_fields')
   rows = []
   for i, (width, seed) in enumerate(cells):
     code = int(out.state.status[i])
     t = targets[seed]
     coeffs = factors = None
     if out.exported is not None:
+      if out.exported[0].shape[1] % bucket:
+        raise ValueError(f'{alg_name}.export returned {out.exported[0].shape[1]} components, not a multiple of '
+                         f'the bucket {bucket}')
       k = out.exported[0].shape[1] // bucket
       keep = np.tile(np.arange(bucket) < width, k)
       coeffs, factors = out.exported[0][i][keep], out.exported[1][i][keep]
@@ -199,12 +174,12 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       status = 'max_steps'
     leaves = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params))
     leaves0 = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params0))
-    row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': c.rank, 'width': width,
+    row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': cell['rank'], 'width': width,
            'seed': seed, 'rel_error': rel, 'status': status, 'steps': int(out.state.step[i]),
            'movement': results.clean_number(metrics.movement(leaves, leaves0, width)),
            'recovered_fraction': None, 'params_file': None, 'wall_s': round(out.wall_s, 3),
            'batch_runs': len(cells), 'bucket': bucket}
-    row['alpha'] = alpha
+    row.update({k: v for k, v in cell.items() if k != 'rank'})
     row.update({k: _number(v[i]) for k, v in out.extras.items()})
     if coeffs is not None and rel is not None:
       if t.factors is not None:
@@ -260,33 +235,36 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   rows = wd.load_results()
   done = {results.cell_id(r) for r in rows}
   seeds = [c.seed + s for s in range(c.num_seeds)]
-  loss = config_lib.resolve_loss(c)
-  for rank, dim in ((k, d) for k in config_lib.ranks_of(c) for d in c.dims):
-    cr = rank_config(c, rank)
-    targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
-    for alg_name, (alpha, ca) in ((n, ac) for n in c.algorithms for ac in alpha_configs(cr, n)):
-      tag = file_tag(ca, alpha)
-      for bucket_ws in sweep.bucket_widths(config_lib.widths_of(c, alg_name)):
-        bucket = max(bucket_ws)
-        cells = [(m, s) for m in bucket_ws for s in seeds
-                 if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, rank=rank, width=m,
-                                         seed=s, alpha=alpha)) not in done]
-        if not cells:
-          continue
-        alg = build_algorithm(alg_name, ca, dim, bucket)
-        label = f'{alg_name}{tag} l={c.order} d={dim} widths={bucket_ws}'
-        ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{c.order}_d{dim}_B{bucket}.npz')
-        out = sweep.run_program(
-            alg, run_data(cr, cells, targets, bucket, loss), cells, chunk_steps=config_lib.chunk_of(c),
-            trace_every=c.trace_every,
-            checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
-            label=label, on_chunk=on_chunk)
-        new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, alpha=alpha)
-        if is_writer:
-          wd.append_results(new)
-          sweep.remove_checkpoint(ckpt)
-        rows.extend(new)
-        logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
+  for cc, common in config_lib.common_configs(c):  # axes every algorithm shares (rank, ...) may change T*
+    for dim in c.dims:
+      targets = {s: make_target(cc, dim, s, file_array) for s in seeds}
+      for alg_name in c.algorithms:
+        spec = registry.get(alg_name)
+        for ca, values in config_lib.algorithm_configs(cc, alg_name):
+          values = {**common, **values}
+          tag = file_tag(ca, values)
+          cell = cell_fields(ca, alg_name, values)
+          for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name)):
+            bucket = max(bucket_ws)
+            cells = [(m, s) for m in bucket_ws for s in seeds
+                     if results.cell_id(dict(algorithm=alg_name, order=ca.order, dim=dim, width=m, seed=s,
+                                             **cell)) not in done]
+            if not cells:
+              continue
+            alg = build_algorithm(alg_name, ca, dim, bucket)
+            label = f'{alg_name}{tag} l={ca.order} d={dim} widths={bucket_ws}'
+            ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{ca.order}_d{dim}_B{bucket}.npz')
+            out = sweep.run_program(
+                alg, run_data(ca, cells, targets, bucket, config_lib.resolve_loss(ca)), cells,
+                chunk_steps=config_lib.chunk_of(ca), trace_every=c.trace_every,
+                checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
+                label=label, on_chunk=on_chunk)
+            new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, values=values)
+            if is_writer:
+              wd.append_results(new)
+              sweep.remove_checkpoint(ckpt)
+            rows.extend(new)
+            logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
   summary = analysis.summarize(rows, c.eps)
   if is_writer:
     for f in os.listdir(wd.ckpt_dir):  # every program is finished: no checkpoint is needed any more

@@ -14,14 +14,17 @@ import numpy as np
 
 from overparam.errors import WorkdirError  # noqa: F401 - re-exported: results.WorkdirError
 
-# alpha: the Chizat alpha of gd rows (config.alphas makes it a cell axis); None for other algorithms.
+# alpha: the Chizat alpha of alpha-scaled algorithms' rows (gd; config.alphas makes it a cell axis);
+# None for other algorithms. Rows of a sweep with other cell axes (config.axes) also carry `axes`,
+# the names of those fields, and each one's value under its dotted name.
 CELL_KEYS = ('algorithm', 'order', 'dim', 'rank', 'width', 'seed', 'alpha')
 # config.json fields that record the environment rather than the experiment.
 VOLATILE_KEYS = ('provenance',)
 
 
 def cell_id(row: Dict) -> tuple:
-  return tuple(row.get(k) for k in CELL_KEYS)
+  """The cell a row belongs to: CELL_KEYS, then (name, value) of each field in row['axes']."""
+  return tuple(row.get(k) for k in CELL_KEYS) + tuple((k, row.get(k)) for k in row.get('axes') or ())
 
 
 def _fsync_dir(path: str):

@@ -79,8 +79,8 @@ def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 
 
   chunk(state, data) -> (state, trace): `chunk_steps` steps; with trace_every > 0 (a divisor of
   chunk_steps) it also returns alg.trace(state, data) after every trace_every steps, stacked on
-  axis 1, else an empty dict. export, dense_model and extras are optional methods of the
-  algorithm (None when absent).
+  axis 1, else an empty dict. export, dense_model and extras are the algorithm's (algorithms.Algorithm;
+  their defaults return None / {}, which the engine passes on as None / {}).
   """
 
   def steps(state, data, n):
@@ -97,8 +97,8 @@ def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 
 
   init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
   chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
-  optional = lambda name: jax.jit(jax.vmap(getattr(alg, name))) if hasattr(alg, name) else None
-  return init, chunk, optional('export'), optional('dense_model'), optional('extras')
+  batched = lambda fn: jax.jit(jax.vmap(fn))
+  return init, chunk, batched(alg.export), batched(alg.dense_model), batched(alg.extras)
 
 
 def fingerprint(alg, cells, n_total: int) -> str:
