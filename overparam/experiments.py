@@ -461,6 +461,10 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk) -> Dict:
     wd.remove_checkpoints(ckpt_names)  # every program is finished: its checkpoint is not needed any more
     results.write_json_atomic(wd.summary_path, summary)
     end = _phase('drawing figures')
-    plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+    try:
+      plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+    except OSError as e:  # the rows are safe; only the figures are missing (--plot_only redraws them)
+      raise results.WorkdirError(f'--workdir {wd.path!r}: cannot write figures into {wd.figures_dir} '
+                                 f'({e.strerror or e}); the results are complete, redraw with --plot_only') from None
     end()
   return summary
