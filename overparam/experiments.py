@@ -127,7 +127,9 @@ def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: st
   """Host RunData for the cells (width, seed) of one program, stacked on a leading run axis."""
   dt = np.dtype(dtype_of(c))
   rows = []
-  for width, seed in cells:
+  progress = _Progress('building run data', len(cells))
+  for i, (width, seed) in enumerate(cells):
+    progress(i)
     t = targets[seed]
     if loss == 'dense' and t.dense is None:  # build T* once, not at every step
       t = t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order)))
@@ -297,7 +299,9 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
   rows = []
   exports = _exports(out, cells, bucket, scales)
   rels = rel_errors(c, cells, bucket, out, targets, scales)
+  progress = _Progress(f'{alg_name} d={dim}: finishing rows', len(cells))
   for i, (width, seed) in enumerate(cells):
+    progress(i)
     code = int(out.state.status[i])
     t = targets[seed]
     coeffs, factors = exports[i] if exports[i] is not None else (None, None)
@@ -325,7 +329,7 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       if c.save_params:
         name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
         if is_writer:
-          results.save_npz_atomic(os.path.join(wd.params_dir, name), coeffs=coeffs, factors=factors)
+          results.save_npz_atomic(os.path.join(wd.params_dir, name), sync_dir=False, coeffs=coeffs, factors=factors)
         row['params_file'] = os.path.join('params', name)
     if out.trace and is_writer:
       name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
@@ -333,13 +337,16 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       s = (scales or {}).get(seed, 1.0)
       if s != 1.0 and 'aligned_weight' in tr:
         tr['aligned_weight'] = np.asarray(tr['aligned_weight'], np.float64) * s
-      results.save_npz_atomic(os.path.join(wd.trajectories_dir, name),
+      results.save_npz_atomic(os.path.join(wd.trajectories_dir, name), sync_dir=False,
                               iteration=np.arange(1, next(iter(out.trace.values())).shape[1] + 1) * c.trace_every,
                               **tr)
       row['trajectory_file'] = os.path.join('trajectories', name)
     if fingerprint is not None:
       row['config_fp'] = fingerprint
     rows.append(row)
+  if is_writer:  # the files' renames are durable before the rows that name them are appended
+    results.fsync_dir(wd.params_dir)
+    results.fsync_dir(wd.trajectories_dir)
   return rows
 
 
@@ -368,6 +375,18 @@ def plot_only(workdir: str) -> List[str]:
   except OSError as e:
     raise results.WorkdirError(f'--workdir {workdir!r}: cannot write figures into {wd.figures_dir} '
                                f'({e.strerror or e})') from None
+
+
+class _Progress:
+  """Logs `label: i/n` at most every `every_s` seconds inside a long host loop."""
+
+  def __init__(self, label: str, n: int, every_s: float = 10.0):
+    self.label, self.n, self.every_s, self.last = label, n, every_s, time.time()
+
+  def __call__(self, i: int):
+    if time.time() - self.last >= self.every_s:
+      logging.info('%s: %d/%d', self.label, i, self.n)
+      self.last = time.time()
 
 
 def _phase(msg: str, *args):
@@ -399,9 +418,12 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   not_free = any(a not in SCALE_FREE_ALGORITHMS for a in c.algorithms)
   for rank, dim in ((k, d) for k in config_lib.ranks_of(c) for d in c.dims):
     cr = rank_config(c, rank)
-    targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
-    for s, t in targets.items():
-      check_target(cr, t, dim, s, scale_free=scale_free and not not_free)
+    progress = _Progress(f'building targets d={dim} r={rank}', len(seeds))
+    targets = {}
+    for i, s in enumerate(seeds):
+      progress(i)
+      targets[s] = make_target(cr, dim, s, file_array)
+      check_target(cr, targets[s], dim, s, scale_free=scale_free and not not_free)
     all_targets[(rank, dim)] = targets
   done_targets()
   is_writer = jax.process_index() == 0

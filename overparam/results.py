@@ -84,8 +84,9 @@ def _fsync_dir(path: str):
     os.close(fd)
 
 
-def write_atomic(path: str, data: bytes):
-  """Writes `path` whole or not at all; WorkdirError naming `path` on a disk error."""
+def write_atomic(path: str, data: bytes, sync_dir: bool = True):
+  """Writes `path` whole or not at all; WorkdirError naming `path` on a disk error. sync_dir=False
+  leaves the folder's fsync to the caller (fsync_dir once after many files)."""
   tmp = tmp_path(path)
   try:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -95,7 +96,8 @@ def write_atomic(path: str, data: bytes):
     finally:
       os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    if sync_dir:
+      _fsync_dir(os.path.dirname(os.path.abspath(path)))
   except OSError as e:
     if os.path.exists(tmp):
       os.remove(tmp)  # our own temporary, by exact name
@@ -106,10 +108,18 @@ def write_json_atomic(path: str, obj):
   write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + '\n').encode())
 
 
-def save_npz_atomic(path: str, **arrays):
+def save_npz_atomic(path: str, sync_dir: bool = True, **arrays):
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  write_atomic(path, buf.getvalue())
+  write_atomic(path, buf.getvalue(), sync_dir=sync_dir)
+
+
+def fsync_dir(path: str):
+  """Makes the renames into folder `path` durable; WorkdirError naming it on a disk error."""
+  try:
+    _fsync_dir(path)
+  except OSError as e:
+    raise _disk_error(path, e) from None
 
 
 def clean_number(x):
