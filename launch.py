@@ -4,7 +4,10 @@ r"""Runs an overparam experiment.
   python launch.py --workdir=workdirs/default --plot_only   # redraw figures/ from the workdir
 
 Re-running the same command into the same workdir resumes: only missing (algorithm, d, width,
-seed) cells are computed. Errors end with one `error: ...` line on stderr and exit status 2.
+seed) cells are computed. Errors that are the user's to fix (overparam.errors.UserError) end with one
+`error: ...` line on stderr and exit status 2; Ctrl-C with a line saying how to resume and exit status
+130; anything else is a bug and keeps its traceback (exit status 1). README, "The workdir": what the
+tool writes and may delete, and its lock.
 """
 
 import difflib
