@@ -216,4 +216,4 @@ def words_per_run(c, dim: int, bucket: int, rank: int) -> int:
 
 SPEC = registry.AlgorithmSpec(
     name='beyond_lazy', build=build, defaults=DEFAULTS, validate=validate, words_per_run=words_per_run,
-    reads=('signs', 'loss') + optim.FIELDS, row_fields=('epochs', 'reinitialized'))
+    reads=('signs', 'loss') + optim.FIELDS, row_fields=('epochs', 'reinitialized'), scale_free=True)

@@ -14,7 +14,8 @@ def recovery(coeffs, factors, true_coeffs, true_factors, order: int, active_tol:
   coeffs (m,), factors (m, d): learned T = sum_i coeffs_i factors_i^{(x)l}; true_* likewise (r,), (r, d).
   Component i contributes weight |coeffs_i| ||v_i||^l in direction v_i / ||v_i||. Returns
   max_cos[j] = max_i |cos(v_i, a_j)|; aligned_weight[j] = summed weight of the components whose
-  best match is a_j with |cos| > 0.99; recovered_fraction = share of a_j with max_cos > 0.99;
+  best match is a_j with |cos| > 0.99; recovered_fraction = share of the a_j of non-zero weight c*_j
+  with max_cos > 0.99 (a component of weight 0 is not part of T* and is not counted);
   active_components = number of components with weight > active_tol * max_j |c*_j|.
   """
   c = np.asarray(coeffs, np.float64)
@@ -31,7 +32,7 @@ def recovery(coeffs, factors, true_coeffs, true_factors, order: int, active_tol:
   return {
       'max_cos': [float(x) for x in max_cos],
       'aligned_weight': aligned,
-      'recovered_fraction': float(np.mean(max_cos > RECOVERED_COS)),
+      'recovered_fraction': float(np.mean((max_cos > RECOVERED_COS)[cs != 0])) if np.any(cs != 0) else None,
       'active_components': int(np.sum(weight > active_tol * np.max(np.abs(cs)))),
   }
 
@@ -54,7 +55,8 @@ def alignment(coeffs, factors, true_coeffs, true_factors, order: int, active_tol
   return {
       'max_cos': max_cos,
       'aligned_weight': jnp.sum(jnp.where(onehot, weight[:, None], 0.0), axis=0),
-      'recovered_fraction': jnp.mean((max_cos > RECOVERED_COS).astype(factors.dtype)),
+      'recovered_fraction': (jnp.sum(((max_cos > RECOVERED_COS) & (true_coeffs != 0)).astype(factors.dtype))
+                             / jnp.maximum(jnp.sum((true_coeffs != 0).astype(factors.dtype)), 1.0)),
       'active_components': jnp.sum(weight > active_tol * jnp.max(jnp.abs(true_coeffs))).astype(jnp.int32),
   }
 

@@ -10,7 +10,7 @@ from overparam import analysis, config_lib, experiments, memory, results
 from overparam.errors import ConfigError
 
 # Fields that depend on the program a run was in (its wall time, its batch), not on the run.
-PROGRAM_FIELDS = ('wall_s', 'batch_runs', 'bucket')
+PROGRAM_FIELDS = ('wall_s', 'batch_runs', 'bucket', 'config_fp')  # config_fp: of the config, which differs by design
 
 
 def tiny(**kw):
