@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
@@ -266,3 +267,13 @@ def test_recovered_fraction_ignores_components_of_weight_zero():
   got = metrics.recovery(np.array([1.0]), a[:1], np.array([1.0, 0.0]), a[:2], 3)
   assert got['recovered_fraction'] == 1.0
   assert metrics.recovery(np.array([1.0]), a[:1], np.array([1.0, 2.0]), a[:2], 3)['recovered_fraction'] == 0.5
+
+
+def test_readme_range_table_is_the_validator_table():
+  """README's table of accepted ranges is config_lib.BASE_FIELD_RANGES, entry for entry."""
+  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')) as f:
+    text = f.read()
+  table = text[text.index('| field | accepted |'):]
+  table = table[:table.index('\n\n')]
+  got = dict(re.findall(r'^\| `([^`]+)` \| (.*) \|$', table, flags=re.M))
+  assert got == config_lib.BASE_FIELD_RANGES
