@@ -6,16 +6,22 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 
+def smallest_passing(success: Dict) -> Optional[int]:
+  """The m* rule, the one place it is written: the smallest key (a width, a sample size, ...) at which
+  at least half of the runs succeed. success: {key: [bool per seed]}; None if no key passes."""
+  for k in sorted(success):
+    ok = list(success[k])
+    if ok and 2 * sum(ok) >= len(ok):
+      return int(k)
+  return None
+
+
 def m_star(rows: Sequence[Dict], eps: float) -> Optional[int]:
   """Smallest width at which at least half the seeds reach rel_error < eps (diverged = failed)."""
   by_width = collections.defaultdict(list)
   for r in rows:
     by_width[r['width']].append(r['rel_error'] is not None and r['rel_error'] < eps)
-  for w in sorted(by_width):
-    ok = by_width[w]
-    if 2 * sum(ok) >= len(ok):
-      return int(w)
-  return None
+  return smallest_passing(by_width)
 
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Optional[Dict]:
@@ -75,10 +81,7 @@ def rank_m_star(rows: Sequence[Dict]) -> Optional[int]:
   by_width = collections.defaultdict(list)
   for r in rows:
     by_width[r['width']].append(r['tangent_rank'] >= r['sym_dim'])
-  for w in sorted(by_width):
-    if 2 * sum(by_width[w]) >= len(by_width[w]):
-      return int(w)
-  return None
+  return smallest_passing(by_width)
 
 
 def tangent_rank_thresholds(rows: Sequence[Dict]) -> List[Dict]:
@@ -226,8 +229,7 @@ def bootstrap_exponents(rows: Sequence[Dict], eps: float, samples: int = 1000, s
 def m_star_from(table) -> Optional[int]:
   """m* from one entry of _success_table (widths, seeds, success)."""
   widths, _, ok = table
-  hit = 2 * ok.sum(axis=1) >= ok.shape[1]
-  return int(widths[np.argmax(hit)]) if hit.any() else None
+  return smallest_passing({w: ok[i] for i, w in enumerate(widths)})
 
 
 def summarize(rows: Sequence[Dict], eps: float) -> Dict:

@@ -247,4 +247,5 @@ def words_per_run(c, dim: int, bucket: int, rank: int) -> int:
 
 SPEC = registry.AlgorithmSpec(
     name='beyond_lazy', build=build, defaults=DEFAULTS, validate=validate, words_per_run=words_per_run,
-    reads=('signs',) + network.SAMPLE_FIELDS + optim.FIELDS, row_fields=('epochs', 'reinitialized', 'train_error'))
+    reads=('signs',) + network.SAMPLE_FIELDS + optim.FIELDS, row_fields=('epochs', 'reinitialized', 'train_error'),
+    scale_free=True)

@@ -24,6 +24,7 @@ NOT_AXES = {
     'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
     'num_seeds': 'seeds are an axis of every sweep', 'seed': 'seeds are an axis of every sweep',
     'eps': 'it defines m* for the whole summary; run one sweep per eps',
+    'steps': 'rows use `steps` for the steps a run took; run one sweep per budget',
     'chunk_steps': 'it does not change results', 'trace_every': 'it does not change results',
     'checkpoint_every_s': 'it does not change results', 'memory_gb': 'it does not change results',
 }
@@ -131,8 +132,86 @@ def _choice(name, x, allowed):
     raise ConfigError(f'config.{name} must be one of {", ".join(allowed)}, got {x!r}')
 
 
+INT32_MAX = 2 ** 31 - 1
+UINT32_MAX = 2 ** 32 - 1  # seeds are uint32 PRNG keys: a larger seed would alias a smaller one
+
+# The accepted range of every base field (README quotes this table). Algorithm sub-configs
+# (config.beyond_lazy, config.lazy) are validated by their own validators below.
+BASE_FIELD_RANGES = {
+    'algorithms': 'non-empty tuple of distinct registered algorithm names (gd, beyond_lazy, lazy, lazy_exact, ...)',
+    'order': 'integer >= 2',
+    'dims': 'non-empty tuple of distinct integers >= 1',
+    'rank': 'integer >= 1 (equal to len(target.weights) when weights are set)',
+    'ranks': 'tuple of distinct integers >= 1; () = (rank,); empty with target.weights or target.kind=file',
+    'widths': 'non-empty tuple of distinct integers >= 1',
+    'algorithm_widths.NAME': '() or a tuple of distinct integers >= 1 (the grid of NAME when it runs)',
+    'num_seeds': f'integer >= 1, with seed + num_seeds - 1 <= {UINT32_MAX}',
+    'seed': f'integer in [0, {UINT32_MAX}] (uint32 PRNG keys)',
+    'target.kind': ', '.join(tensors.TARGET_KINDS),
+    'target.weights': '() or rank finite numbers, not all 0; only for target.kind != file',
+    'target.noise': 'finite number >= 0',
+    'target.coherence': 'number in [0, 1); set only for target.kind=coherent',
+    'target.path': "a .npy or .npz file; set only for target.kind=file ('' otherwise)",
+    'parametrization': ', '.join(objectives.PARAMETRIZATIONS) + '; unused (keep the default) with only beyond_lazy',
+    'signs': ', '.join(SIGNS),
+    'loss': ', '.join(LOSSES) + '; implicit and samples need a factored target',
+    'steps': f'integer in [1, {INT32_MAX}]',
+    'lr': 'finite number > 0; used by gd only',
+    'optimizer': 'an optax optimizer alias that takes learning_rate (sgd, adam, adamw, lion, ...); '
+                 'with optimizer_kwargs, schedule, schedule_kwargs (overparam/optim.py)',
+    'init_scale': 'finite number > 0; used by gd, lazy, lazy_exact',
+    'reg': 'finite number >= 0; used by gd only',
+    'alpha': 'finite number > 0; used by gd only',
+    'alphas': 'tuple of distinct finite numbers > 0; () = (alpha,); used by gd only',
+    'eps': 'number in (0, 1)',
+    'save_params': 'True or False',
+    'x64': 'True or False',
+    'chunk_steps': f'integer in [1, {INT32_MAX}]',
+    'trace_every': '0 or a divisor of min(chunk_steps, steps)',
+    'checkpoint_every_s': 'finite number >= 0 (0: after every chunk)',
+    'distributed': 'True or False (needs --coordinator_address, --num_processes, --process_id outside Slurm/TPU)',
+    'memory_gb': 'finite number >= 0 (0: detect)',
+    'optimizer_kwargs': "{} or the optimizer's other arguments, e.g. {'weight_decay': 0.01} (checked against its signature)",
+    'schedule': 'constant, cosine, warmup_cosine, warmup_constant, linear, polynomial, exponential, cosine_onecycle',
+    'schedule_kwargs': "{} or the schedule's other arguments, e.g. {'warmup_steps': 100}",
+    'axes': "tuple of 'field=v1,v2,...' strings: any numeric field (dotted for nested) as a cell axis; () = none",
+    'num_samples': f'integer in [1, {INT32_MAX}]; used by loss=samples only (a cell axis: n* per width)',
+    'label_noise': 'finite number >= 0 (label noise std in units of the norm of T*); used by loss=samples only',
+    'online': 'True or False (fresh samples every step; gd and beyond_lazy); used by loss=samples only',
+    'train_eps': 'finite number >= 0 (0: eps / 10; the training error at which a run stops); used by loss=samples only',
+}
+
+
+def _distinct(name, xs):
+  if len(set(xs)) != len(xs):
+    raise ConfigError(f'config.{name} has duplicates: {tuple(xs)!r} (each value is one cell; give it once)')
+
+
+def _int_in(name, x, lo, hi):
+  if not _is_int(x) or not lo <= x <= hi:
+    raise ConfigError(f'config.{name} must be an integer in [{lo}, {hi}], got {x!r}')
+
+
+def _bool(name, x):
+  if not isinstance(x, bool):
+    raise ConfigError(f'config.{name} must be True or False, got {x!r}')
+
+
+def _unused(c, name, used: bool):
+  """A base field set away from its default while this config never reads it is an error."""
+  default = base_config()
+  node_c, node_d = c, default
+  for part in name.split('.'):
+    node_c, node_d = node_c[part], node_d[part]
+  same = (tuple(node_c) == tuple(node_d)) if isinstance(node_d, tuple) else node_c == node_d
+  if not used and not same:
+    raise ConfigError(f'config.{name} is set to {node_c!r} but unused by this config ({BASE_FIELD_RANGES[name]}); '
+                      f'leave it at its default {node_d!r}')
+
+
 def _validate_one(c: ml_collections.ConfigDict):
-  """Raises ConfigError for the first field out of range (one value of every cell axis)."""
+  """Raises ConfigError for the first field out of range (one value of every cell axis): the base
+  fields (BASE_FIELD_RANGES: ranges, duplicates, fields set but unused), then every algorithm's own."""
   names = registry.names()
   algs = c.algorithms
   if not isinstance(algs, (tuple, list)) or not algs:
@@ -144,21 +223,33 @@ def _validate_one(c: ml_collections.ConfigDict):
   if not _is_int(c.order) or c.order < 2:
     raise ConfigError(f'config.order must be an integer >= 2, got {c.order!r}')
   _positive_ints('dims', c.dims)
+  _distinct('dims', c.dims)
   _positive_ints('widths', c.widths)
+  _distinct('widths', c.widths)
   for a, ws in (c.get('algorithm_widths') or {}).items():
     _choice('algorithm_widths keys', a, names)
     if ws:
       _positive_ints(f'algorithm_widths.{a}', ws)
-  for name in ('rank', 'num_seeds', 'steps', 'chunk_steps'):
+      _distinct(f'algorithm_widths.{a}', ws)  # a grid for an algorithm not run is allowed (configs prepare them)
+  for name in ('rank', 'num_seeds'):
     if not _is_int(c[name]) or c[name] < 1:
       raise ConfigError(f'config.{name} must be an integer >= 1, got {c[name]!r}')
+  for name in ('steps', 'chunk_steps'):
+    _int_in(name, c[name], 1, INT32_MAX)
   if not _is_int(c.trace_every) or c.trace_every < 0 or (c.trace_every and chunk_of(c) % c.trace_every):
     raise ConfigError(f'config.trace_every must be 0 or a divisor of min(chunk_steps, steps)={chunk_of(c)}, '
                       f'got {c.trace_every!r}')
-  if not _is_int(c.seed) or c.seed < 0:
-    raise ConfigError(f'config.seed must be an integer >= 0, got {c.seed!r}')
+  _int_in('seed', c.seed, 0, UINT32_MAX)
+  if c.seed + c.num_seeds - 1 > UINT32_MAX:
+    raise ConfigError(f'config.num_seeds: seeds config.seed..seed+num_seeds-1 must be <= {UINT32_MAX} (uint32 keys), '
+                      f'got up to {c.seed + c.num_seeds - 1}')
   t = c.target
   _choice('target.kind', t.kind, tensors.TARGET_KINDS)
+  if not isinstance(t.path, str):
+    raise ConfigError(f'config.target.path must be a string, got {t.path!r}')
+  _unused(c, 'target.path', t.kind == 'file')
+  _unused(c, 'target.coherence', t.kind == 'coherent')
+  _unused(c, 'target.weights', t.kind != 'file')
   if c.ranks:
     _positive_ints('ranks', c.ranks)
     if len(set(c.ranks)) != len(c.ranks):
@@ -180,6 +271,8 @@ def _validate_one(c: ml_collections.ConfigDict):
       raise ConfigError(f'config.target.weights must have length config.rank={c.rank}, got {len(t.weights)}')
     for w in t.weights:
       _finite('target.weights', w)
+    if not any(t.weights):
+      raise ConfigError(f'config.target.weights are all 0: the target T* is zero, got {tuple(t.weights)!r}')
   _finite('target.noise', t.noise, 0.0)
   _choice('parametrization', c.parametrization, objectives.PARAMETRIZATIONS)
   _choice('signs', c.signs, SIGNS)
@@ -190,7 +283,7 @@ def _validate_one(c: ml_collections.ConfigDict):
   optim.check(c.optimizer, c.get('optimizer_kwargs'), c.get('schedule', 'constant'), c.get('schedule_kwargs'),
               c.steps)
   _finite('lr', c.lr, 0.0, True)
-  _finite('eps', c.eps, 0.0, True)
+  _finite('eps', c.eps, 0.0, True, 1.0, True)
   _finite('init_scale', c.init_scale, 0.0, True)
   _finite('reg', c.reg, 0.0)
   _finite('alpha', c.alpha, 0.0, True)
@@ -200,8 +293,15 @@ def _validate_one(c: ml_collections.ConfigDict):
     _finite('alphas', a, 0.0, True)
   if len(set(c.alphas)) != len(c.alphas):
     raise ConfigError(f'config.alphas has duplicates: {tuple(c.alphas)!r}')
+  selected = [registry.get(a) for a in algs]
+  read = lambda field: any(s.uses(field) for s in selected)
+  for name in ('lr', 'reg', 'alpha', 'init_scale', 'parametrization', 'optimizer'):
+    _unused(c, name, read(name))
+  _unused(c, 'alphas', read('alpha'))
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
   _finite('memory_gb', c.memory_gb, 0.0)
+  for name in ('save_params', 'x64', 'distributed'):
+    _bool(name, c[name])
   _validate_samples(c)
   for spec in registry.specs():  # every algorithm's own fields, selected or not
     if spec.validate is not None:
@@ -210,17 +310,13 @@ def _validate_one(c: ml_collections.ConfigDict):
 
 def _validate_samples(c: ml_collections.ConfigDict):
   """config.num_samples, label_noise, online, train_eps: used by loss=samples, refused (when set) otherwise."""
-  if not isinstance(c.online, bool):
-    raise ConfigError(f'config.online must be True or False, got {c.online!r}')
+  _bool('online', c.online)
   _finite('label_noise', c.label_noise, 0.0)
   _finite('train_eps', c.train_eps, 0.0)
-  if not _is_int(c.num_samples) or c.num_samples < 1:
-    raise ConfigError(f'config.num_samples must be an integer >= 1, got {c.num_samples!r}')
+  _int_in('num_samples', c.num_samples, 1, INT32_MAX)
+  for name in ('num_samples', 'label_noise', 'online', 'train_eps'):
+    _unused(c, name, c.loss == 'samples')
   if c.loss != 'samples':
-    if c.online or c.label_noise or c.train_eps:
-      raise ConfigError('config.online, config.label_noise and config.train_eps need config.loss=samples, '
-                        f'got loss={c.loss!r}, online={c.online!r}, label_noise={c.label_noise!r}, '
-                        f'train_eps={c.train_eps!r}')
     return
   if not _factored(c):
     raise ConfigError('config.loss=samples needs a factored target (target.kind != file or a .npz CP file, '

@@ -44,6 +44,9 @@ class AlgorithmSpec:
   alpha_scaled: its model is alpha-scaled (reads config.alpha; rows carry alpha; others carry None).
   lazy: its model is a linearization at the init (plotted with the lazy arm, not CP-exportable).
   one_program: all widths of the grid run in one program instead of width buckets.
+  scale_free: its numbers do not depend on the scale of T* (it fits T*/||T*||): the host divides the
+    target by a power of two near ||T*|| when that norm is extreme, so any finite non-zero target
+    trains alike (experiments.target_scale).
   """
   name: str
   build: Callable[..., Any]
@@ -57,6 +60,7 @@ class AlgorithmSpec:
   alpha_scaled: bool = False
   lazy: bool = False
   one_program: bool = False
+  scale_free: bool = False
 
   def __post_init__(self):
     if (self.words_per_run is None) == (self.bytes_per_run is None):

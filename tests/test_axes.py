@@ -10,7 +10,7 @@ from overparam import analysis, config_lib, experiments, memory, results
 from overparam.errors import ConfigError
 
 # Fields that depend on the program a run was in (its wall time, its batch), not on the run.
-PROGRAM_FIELDS = ('wall_s', 'batch_runs', 'bucket')
+PROGRAM_FIELDS = ('wall_s', 'batch_runs', 'bucket', 'config_fp')  # config_fp: of the config, which differs by design
 
 
 def tiny(**kw):
@@ -101,6 +101,7 @@ def test_alphas_and_alpha_axis_give_identical_rows(tmp_path):
     (('parametrization=1,2',), 'config.parametrization is not a number'),
     (('seed=1,2',), 'config.seed cannot be a cell axis'),
     (('eps=0.1,0.2',), 'config.eps cannot be a cell axis'),
+    (('steps=10,20',), 'config.steps cannot be a cell axis'),
     (('lr=0.1,abc',), 'must be numbers'),
     (('lr=0.1,0.1',), 'duplicate'),
     (('lr=0.1,-1.0',), 'config.lr must be > 0'),

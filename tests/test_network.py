@@ -240,8 +240,8 @@ def test_config_errors_for_samples():
     config_lib.validate(tiny(**{'target.noise': 0.1}))
   with pytest.raises(errors.ConfigError, match='config.num_samples'):
     config_lib.validate(tiny(num_samples=0))
-  with pytest.raises(errors.ConfigError, match='need config.loss=samples'):
-    config_lib.validate(tiny(loss='auto', online=True))
+  with pytest.raises(errors.ConfigError, match=r'config.online is set to True but unused'):
+    config_lib.validate(tiny(loss='auto', online=True, num_samples=1000))
   config_lib.validate(tiny(online=True, algorithms=('gd', 'beyond_lazy')))
 
 
