@@ -22,8 +22,9 @@ figures/: n_star_vs_dim.png (n* versus d, fitted exponents, per-seed spread, the
 sample_error_vs_n.png (population error versus n per d, per arm), sample_gap_vs_n.png (train dashed,
 population solid).
 
-Measured (jax 0.10.2 CPU, float64): 7 min 3 s wall on 2 CPU cores shared with other jobs (load
-average 4-6 during the run; 81 programs, compile-dominated). n* (in brackets the per-seed n* min..max):
+Measured (jax 0.10.2 CPU, float64): 6 min 16 s wall on 2 CPU cores shared with other engineers' jobs
+(load average 2-4 during the run; 7 min 3 s in an earlier run at load 4-6; 81 programs,
+compile-dominated; both runs gave identical rows). n* (in brackets the per-seed n* min..max):
 
   | d  | lazy_exact         | beyond_lazy   | gd             | C(d+2,3) |
   |----|--------------------|---------------|----------------|----------|
