@@ -241,8 +241,9 @@ def plot_only(workdir: str) -> List[str]:
 
 
 def run(c: ml_collections.ConfigDict, workdir: str,
-        on_chunk: Optional[Callable[[int], None]] = None) -> Dict:
-  """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary."""
+        on_chunk: Optional[Callable[[int], None]] = None, figures: bool = True) -> Dict:
+  """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary.
+  figures=False skips figures/ (overparam.decompose: drawing is most of a small run's time)."""
   config_lib.validate(c)
   memory.check(c)  # before anything is allocated or written
   file_array = None
@@ -292,5 +293,6 @@ def run(c: ml_collections.ConfigDict, workdir: str,
     for f in os.listdir(wd.ckpt_dir):  # every program is finished: no checkpoint is needed any more
       os.remove(os.path.join(wd.ckpt_dir, f))
     results.write_json_atomic(wd.summary_path, summary)
-    plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+    if figures:
+      plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
   return summary
