@@ -55,10 +55,13 @@ def child(out_path: str, launch_args):
   import jax  # noqa: PLC0415
   spans = {k: [] for k in EVENTS.values()}
   counts = {'hits': 0, 'misses': 0}
+  per_fn = {}  # backend compile (or cache read) seconds per jitted function name
 
-  def on_span(event, start, end, **_):
+  def on_span(event, start, end, fun_name='?', **_):
     if event in EVENTS:
       spans[EVENTS[event]].append((start, end))
+      if EVENTS[event] == 'backend':
+        per_fn[fun_name] = per_fn.get(fun_name, 0.0) + end - start
 
   def on_event(event, **_):
     if event == '/jax/compilation_cache/cache_hits':
@@ -73,6 +76,7 @@ def child(out_path: str, launch_args):
     out = {k: union_seconds(v) for k, v in spans.items()}
     out['compile'] = union_seconds([s for v in spans.values() for s in v])
     out['executables'] = len(spans['backend'])
+    out['top'] = sorted(per_fn.items(), key=lambda kv: -kv[1])[:6]
     out['in_process_s'] = time.time() - t0
     out.update(counts)
     with open(out_path, 'w') as f:
@@ -131,6 +135,8 @@ def main(config: str, quick: bool, off: bool):
   for name, (wall, st, _) in runs.items():
     print(f'{name:<6}{wall:>8.2f}{st["compile"]:>10.2f}{st["trace"]:>7.2f}{st["lower"]:>7.2f}{st["backend"]:>8.2f}'
           f'{st["executables"]:>6}{st["hits"]:>6}{st["misses"]:>7}')
+  print('cold launch, backend compile seconds by jitted function (top 6): ' +
+        ', '.join(f'{k} {v:.1f}' for k, v in runs['cold'][1]['top']))
   identical = all(r[2] == runs['cold'][2] for r in runs.values())
   (cw, cs, _), (ww, ws, _) = runs['cold'], runs['warm']
   off_s = f' off={runs["off"][0]:.2f}s' if off else ''

@@ -93,7 +93,14 @@ def solve_ours(alg_name: str, single: bool) -> dict:
   alg = experiments.build_algorithm(alg_name, c, DIM, WIDTH)
   data = experiments.run_data(c, cells, tg, WIDTH, 'implicit')
   spans = {k: [] for k in EVENTS.values()}
-  on_span = lambda event, start, end, **_: spans[EVENTS[event]].append((start, end)) if event in EVENTS else None
+  per_fn = {}  # backend compile (or cache read) seconds per jitted function
+
+  def on_span(event, start, end, fun_name='?', **_):
+    if event in EVENTS:
+      spans[EVENTS[event]].append((start, end))
+      if EVENTS[event] == 'backend':
+        per_fn[fun_name] = per_fn.get(fun_name, 0.0) + end - start
+
   jax.monitoring.register_event_time_span_listener(on_span)
   t0 = time.perf_counter()
   out = sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
@@ -101,6 +108,7 @@ def solve_ours(alg_name: str, single: bool) -> dict:
   jax.monitoring.unregister_event_time_span_listener(on_span)
   split = {k: union_seconds(v) for k, v in spans.items()}
   split['compile'] = union_seconds([x for v in spans.values() for x in v])
+  split['top'] = sorted(per_fn.items(), key=lambda kv: -kv[1])[:3]
   t0 = time.perf_counter()
   sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
   warm = time.perf_counter() - t0
@@ -184,7 +192,8 @@ def main(quick: bool = False):
     for phase, sp in by_phase.items():
       print(f'  {name:<12}{phase:<11} program {sp["program_s"]:.3f}s: compile {sp["compile"]:.3f}s (trace '
             f'{sp["trace"]:.3f}, lower {sp["lower"]:.3f}, backend {"compile" if phase == "cold" else "cache read"} '
-            f'{sp["backend"]:.3f}), rest {sp["program_s"] - sp["compile"]:.3f}s')
+            f'{sp["backend"]:.3f}: {", ".join(f"{k} {v:.2f}" for k, v in sp["top"])}), '
+            f'rest {sp["program_s"] - sp["compile"]:.3f}s')
   ours = {r[0].split()[0]: r for r in rows}
   als = next(r for r in rows if r[0] == 'tensorly_als_r')
   t_als = als[2]['median']

@@ -115,6 +115,21 @@ def test_load_config_errors():
     overparam.run({'order': 3}, '/tmp/unused')
 
 
+@pytest.mark.parametrize('name', ['default', 'beyond_lazy', 'local_minima'])
+def test_quick_variants_validate_and_are_small(name):
+  from overparam import config_lib  # noqa: PLC0415
+
+  def cells(c):
+    return sum(len(config_lib.widths_of(c, a)) * len(c.dims) * len(config_lib.ranks_of(c)) * c.num_seeds * c.steps
+               for a in c.algorithms)
+
+  full = overparam.load_config(os.path.join(ROOT, f'configs/{name}.py'))
+  quick = overparam.load_config(os.path.join(ROOT, f'configs/{name}.py:quick'))
+  config_lib.validate(quick)
+  assert quick.algorithms == full.algorithms and quick.order == full.order
+  assert cells(quick) * 10 <= cells(full)  # run-steps: at least 10x less work
+
+
 def test_run_equals_the_launcher(tmp_path):
   """overparam.run(config, workdir) writes the rows and summary launch.py writes for the same config."""
   spec = os.path.join(ROOT, 'configs/default.py:quick')
