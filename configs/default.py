@@ -26,8 +26,9 @@ rel_error_vs_width_<algorithm>.png per arm. Measured: lazy m* = 11, 16, 36, 53 (
 beyond_lazy m* = 3 and gd m* = 4 at every d. docs/RESULTS.md has the numbers.
 
 Quick variant (`--config=configs/default.py:quick`): the same arms and fields on d = 6, 8, 2 seeds,
-two width grids of 3 (rich) and 3 (lazy) widths, 2,000 steps: a smoke test of the whole pipeline
-(m* of both regimes at two d, every figure) in seconds, used by the tests and benchmarks.
+widths 3, 4, 6 (gd, beyond_lazy) and 8, 11, 16 (lazy), 2,000 steps: the whole pipeline (summary,
+every figure) in ~15 s, used by the tests and benchmarks. It gives lazy_exact m* = 11, 16 and
+beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 seeds.
 
 Expected run time: about 3 minutes on 2 CPU cores (measured 3m15s with the cores shared, load ~5;
 docs/RESULTS.md); the

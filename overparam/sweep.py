@@ -105,6 +105,7 @@ def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 
 
   init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
   chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
+
   def finish(state, data):
     optional = lambda name: getattr(alg, name)(state, data) if hasattr(alg, name) else None
     return optional('export'), optional('dense_model'), optional('extras') or {}
