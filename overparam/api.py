@@ -37,7 +37,7 @@ from overparam import compile_cache
 from overparam.errors import ConfigError, TargetError
 
 # Fields decompose() sets from its arguments; overriding them is a ConfigError.
-_FIXED = ('algorithms', 'order', 'dims', 'rank', 'ranks', 'widths', 'algorithm_widths', 'num_seeds',
+_FIXED = ('algorithms', 'order', 'dims', 'rank', 'ranks', 'axes', 'widths', 'algorithm_widths', 'num_seeds',
           'target', 'alphas', 'save_params', 'trace_every', 'distributed')
 
 
@@ -210,19 +210,25 @@ def _dense_array(tensor) -> np.ndarray:
   return arr
 
 
-def _override(node: ml_collections.ConfigDict, path, value, full: str):
+def _override(node: ml_collections.ConfigDict, path, value, full: str, free: bool = False):
   """Sets config field `path` (a list of names) of `node` to `value`; a dict value for a nested
-  config sets its fields one by one. ConfigError for an unknown field or a value of the wrong type."""
+  config sets its fields one by one. A `*_kwargs` field (the optimizer's or schedule's own
+  arguments) takes any keys and a dict replaces it whole, as the launcher's
+  --config.optimizer_kwargs='{...}' does. ConfigError for an unknown field or a value of the wrong type."""
   name = path[0]
-  if name not in node:
+  kwargs = str(name).endswith('_kwargs')
+  if len(path) == 1 and kwargs and isinstance(value, Mapping):
+    node[name] = dict(value)
+    return
+  if name not in node and not free:
     close = difflib.get_close_matches(name, list(node.keys()), n=1)
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     raise ConfigError(f'config has no field {full!r}{hint}')
   if len(path) > 1:
-    if not isinstance(node[name], ml_collections.ConfigDict):
+    if not isinstance(node.get(name), ml_collections.ConfigDict):
       raise ConfigError(f'config has no field {full!r} (config.{name} has no sub-fields)')
-    return _override(node[name], path[1:], value, full)
-  if isinstance(node[name], ml_collections.ConfigDict):
+    return _override(node[name], path[1:], value, full, free=kwargs)
+  if isinstance(node.get(name), ml_collections.ConfigDict):
     if not isinstance(value, Mapping):
       raise ConfigError(f'config.{full} takes a dict of its fields, got {value!r}')
     for k, v in value.items():
@@ -230,7 +236,7 @@ def _override(node: ml_collections.ConfigDict, path, value, full: str):
     return
   if isinstance(value, np.generic):
     value = value.item()
-  if isinstance(node[name], tuple) and isinstance(value, (list, np.ndarray)):
+  if isinstance(node.get(name), tuple) and isinstance(value, (list, np.ndarray)):
     value = tuple(np.asarray(value).tolist())
   try:
     node[name] = value
