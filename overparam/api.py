@@ -155,6 +155,8 @@ def run(config: Union[ml_collections.ConfigDict, str], workdir: str, *,
                       f'{type(config).__name__}')
   if config.get('distributed'):
     raise ConfigError('config.distributed: multi-process runs start from launch.py (one process per host)')
+  from overparam import config_lib  # noqa: PLC0415 - imports jax
+  config_lib.validate(config)  # as launch.py: before jax is configured, before anything is written
   import jax  # noqa: PLC0415
   compile_cache.configure(compilation_cache)
   if config.get('x64'):

@@ -286,7 +286,7 @@ def tiny_config(**kw):
 
 
 def test_memory_refusal_before_anything_is_written(tmp_path):
-  c = tiny_config(algorithms=('lazy_exact',))
+  c = tiny_config(algorithms=('lazy_exact',), lr=0.05, alphas=())  # lr, alphas: gd's, at their defaults
   c.memory_gb = 1e-6
   with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2\] .* J of 20 x 10 '):
     experiments.run(c, str(tmp_path / 'wd'))
