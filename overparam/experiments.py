@@ -407,7 +407,7 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   resolved = c.to_dict()
   fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
   try:
-    return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk)
+    return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures)
   finally:
     wd.unlock()
 
@@ -417,7 +417,7 @@ def _key(common: Dict) -> tuple:
   return tuple(sorted(common.items()))
 
 
-def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk) -> Dict:
+def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=True) -> Dict:
   rows = wd.load_results(fp)
   done = {results.cell_id(r) for r in rows}
   ckpt_names = []
