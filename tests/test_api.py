@@ -79,6 +79,18 @@ def test_decompose_float32_and_nested_overrides():
   np.testing.assert_allclose(r1.rel_error, numpy_rel_error(r1, t_star, 3), atol=1e-6)
 
 
+def test_optimizer_kwargs_override():
+  """A *_kwargs dict is replaced whole (its keys are optax's); a dotted key adds one; optax's
+  signature still decides which keys are valid."""
+  t = dense(*planted(), 3)
+  r = overparam.decompose(t, 3, algorithm='gd', optimizer='adam', optimizer_kwargs={'b1': 0.8}, steps=30)
+  assert dict(r.config.optimizer_kwargs) == {'b1': 0.8} and r.steps == 30
+  r = overparam.decompose(t, 3, algorithm='gd', optimizer='adam', steps=30, **{'optimizer_kwargs.b2': 0.99})
+  assert dict(r.config.optimizer_kwargs) == {'b2': 0.99}
+  with pytest.raises(ConfigError, match='optimizer_kwargs.nope'):
+    overparam.decompose(t, 3, algorithm='gd', optimizer_kwargs={'nope': 1})
+
+
 @pytest.mark.parametrize('call, error, words', [
     (lambda t: overparam.decompose(np.ones(5), 3), TargetError, 'tensor'),                     # ndim 1
     (lambda t: overparam.decompose(t, 3, order=4), TargetError, 'order'),                      # ndim != order
@@ -93,11 +105,12 @@ def test_decompose_float32_and_nested_overrides():
     (lambda t: overparam.decompose(t, 3, steps=0.5), ConfigError, 'config.steps'),
     (lambda t: overparam.decompose(t, 3, eps=-1.0), ConfigError, 'config.eps'),
     (lambda t: overparam.decompose(t, 3, dims=(7,)), ConfigError, 'config.dims'),
+    (lambda t: overparam.decompose(t, 3, axes=('lr=0.1,0.2',)), ConfigError, 'config.axes'),
     (lambda t: overparam.decompose(planted(), 3), ConfigError, 'order is required'),
     (lambda t: overparam.decompose((np.ones(2), np.ones((3, 5))), 3, order=3), TargetError, 'shapes'),
     (lambda t: overparam.decompose((np.ones(2), np.zeros((2, 5))), 3, order=3), TargetError, 'zero rows'),
 ], ids=['ndim1', 'order', 'shape', 'asymmetric', 'nan', 'width0', 'algorithm', 'unknown', 'nested_unknown',
-        'dotted_unknown', 'type', 'range', 'fixed', 'cp_order', 'cp_shapes', 'cp_zero'])
+        'dotted_unknown', 'type', 'range', 'fixed', 'axes', 'cp_order', 'cp_shapes', 'cp_zero'])
 def test_bad_input_raises_the_user_error(call, error, words):
   t = dense(*planted(), 3)
   with pytest.raises(error) as e:
