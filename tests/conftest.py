@@ -3,7 +3,6 @@
 the README's command runs everything."""
 
 import jax
-import pytest
 
 jax.config.update('jax_enable_x64', True)
 
