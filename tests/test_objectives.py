@@ -8,7 +8,7 @@ import pytest
 
 from overparam import objectives, tensors
 
-from tests.test_tensors import np_outer_cp
+from tests.support import np_outer_cp
 
 
 def _problem(order, parametrization, m=4, d=5, r=3, seed=0):
@@ -23,6 +23,7 @@ def _problem(order, parametrization, m=4, d=5, r=3, seed=0):
   return params, signs, target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order', [2, 3, 4, 5])
 @pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
 def test_dense_and_implicit_agree_value_and_grad(order, parametrization):
