@@ -34,6 +34,7 @@ def numpy_rel_error(res, t_star, order):
   return np.linalg.norm(t - t_star) / np.linalg.norm(t_star)
 
 
+@pytest.mark.slow
 def test_decompose_dense_planted_rank_2():
   c, a = planted()
   t_star = dense(c, a, 3)
@@ -46,6 +47,7 @@ def test_decompose_dense_planted_rank_2():
   assert res.row['width'] == 4 and res.steps == res.row['steps'] > 0
 
 
+@pytest.mark.slow
 def test_decompose_lazy_exact_has_no_cp_export():
   """The lazy model T(W0) + J dW is not a CP tensor: no coeffs/factors, the row's numbers still are.
   At d = 5, m = 8 > C(7,3)/5 the tangent space spans all 35 symmetric directions: an exact fit."""
@@ -56,6 +58,7 @@ def test_decompose_lazy_exact_has_no_cp_export():
   assert res.row['tangent_rank'] == res.row['sym_dim'] == 35
 
 
+@pytest.mark.slow
 def test_decompose_cp_pair_never_dense_and_matches_numpy():
   c, a = planted()
   res = overparam.decompose((c, 2.0 * a), 4, order=3, eps=1e-3, x64=True)  # unnormalized factors
@@ -66,6 +69,7 @@ def test_decompose_cp_pair_never_dense_and_matches_numpy():
   assert res.config.loss == 'auto' and res.row['recovered_fraction'] == 1.0  # factored: implicit loss, recovery
 
 
+@pytest.mark.slow
 def test_decompose_float32_and_nested_overrides():
   c, a = planted()
   t_star = dense(c, a, 3)
@@ -79,6 +83,7 @@ def test_decompose_float32_and_nested_overrides():
   np.testing.assert_allclose(r1.rel_error, numpy_rel_error(r1, t_star, 3), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_optimizer_kwargs_override():
   """A *_kwargs dict is replaced whole (its keys are optax's); a dotted key adds one; optax's
   signature still decides which keys are valid."""
@@ -143,6 +148,7 @@ def test_quick_variants_validate_and_are_small(name):
   assert cells(quick) * 10 <= cells(full)  # run-steps: at least 10x less work
 
 
+@pytest.mark.slow
 def test_run_equals_the_launcher(tmp_path):
   """overparam.run(config, workdir) writes the rows and summary launch.py writes for the same config."""
   spec = os.path.join(ROOT, 'configs/default.py:quick')
@@ -164,6 +170,7 @@ def test_run_equals_the_launcher(tmp_path):
   assert sorted(os.listdir(tmp_path / 'api' / 'figures')) == sorted(os.listdir(tmp_path / 'cli' / 'figures'))
 
 
+@pytest.mark.slow
 def test_x64_is_switched_on_when_asked(tmp_path):
   """In a fresh process (the test session already runs with x64): x64=False gives float32 factors,
   x64=True turns jax_enable_x64 on and gives float64."""

@@ -41,6 +41,7 @@ def _tiny(alg, **overrides):
     ('lazy', dict(x64=True)),               # dense_model + extras
     ('lazy_exact', dict(x64=True)),         # dense_model + extras (tangent rank)
 ])
+@pytest.mark.slow
 def test_fused_finish_equals_separate_programs(alg, overrides):
   """finish (export, dense_model, extras in one XLA program) == each method jitted on its own, bit for bit."""
   c = _tiny(alg, **overrides)
@@ -78,6 +79,7 @@ def _entries(cache_dir):
   return sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
 
 
+@pytest.mark.slow
 def test_relaunch_reads_the_cache_and_gives_identical_rows(tmp_path):
   """Launch 1 fills an empty cache; launch 2 (a fresh workdir) compiles nothing new (every program was
   a cache hit: a miss would add an entry) and writes the same rows, as does a launch with the cache off."""
