@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,8 +179,7 @@ def reinit_runs():
 def test_deterministic_with_reinitialization(reinit_runs):
   a, b, _ = reinit_runs
   assert np.all(a.extras['reinitialized'] > 0)
-  for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):  # chunking changes nothing
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(a.state, b.state)  # chunking changes nothing
   np.testing.assert_array_equal(a.exported[0], b.exported[0])
   assert int(b.trace['epoch'][0, -1]) == int(a.extras['epochs'][0])
 
