@@ -22,6 +22,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from overparam import compile_cache
 from overparam.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -36,6 +37,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: 
                                    '(with config.distributed; omit on Slurm/TPU pods, detected automatically).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
+_COMPILATION_CACHE = compile_cache.define_flag()
 
 
 def main(argv):
@@ -70,6 +72,7 @@ def _main():
   config_lib.validate(config)  # before jax is configured, before anything is written
   _check_distributed(config.distributed)
   import jax  # noqa: PLC0415 - configure before any backend initializes
+  compile_cache.configure(_COMPILATION_CACHE.value)
   if config.x64:
     jax.config.update('jax_enable_x64', True)
   if config.distributed:

@@ -126,7 +126,7 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
   sharding = NamedSharding(sweep.run_mesh(), P('runs'))
   alg = experiments.build_algorithm(engine, c, dim, width)
   data = abstract_run_data(c, dim, runs, width, loss, sharding)
-  init, chunk, export, dense, extras = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
+  init, chunk, finish = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
   peaks = {}
 
   def account(label, fn, *args):
@@ -138,11 +138,8 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
   account('init', init, data)
   state = jax.eval_shape(init, data)
   account('chunk', chunk, state, data)
-  outs = 0
-  for label, fn in (('export', export), ('dense_model', dense), ('extras', extras)):
-    if fn is not None:
-      account(label, fn, state, data)
-      outs += _nbytes(jax.eval_shape(fn, state, data))
+  account('finish', finish, state, data)  # export, dense_model and extras in one program
+  outs = _nbytes(jax.eval_shape(finish, state, data))
   dense_eval = engine in ('lazy', 'lazy_exact') or dim ** order <= 1 << 24
   f64 = 3 * 8 * dim ** order if dense_eval else 3 * 8 * width * dim  # finalize: one run at a time
   sweep.compiled.cache_clear()

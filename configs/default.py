@@ -26,6 +26,11 @@ movement_vs_width.png (every arm, one panel per d), lazy_threshold_l3.png, one
 rel_error_vs_width_<algorithm>.png per arm. Measured: lazy m* = 11, 16, 36, 53 (exponent 1.66),
 beyond_lazy m* = 3 and gd m* = 4 at every d. docs/RESULTS.md has the numbers.
 
+Quick variant (`--config=configs/default.py:quick`): the same arms and fields on d = 6, 8, 2 seeds,
+widths 3, 4, 6 (gd, beyond_lazy) and 8, 11, 16 (lazy), 2,000 steps: the whole pipeline (summary,
+every figure) in ~15 s, used by the tests and benchmarks. It gives lazy_exact m* = 11, 16 and
+beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 seeds.
+
 Expected run time: about 3 minutes on 2 CPU cores (measured 3m15s with the cores shared, load ~5;
 docs/RESULTS.md); the
 GPU-sized version is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
@@ -39,7 +44,8 @@ LAZY_WIDTHS = tuple(int(w) for w in np.unique(np.round(np.geomspace(5, 64, 14)))
 RICH_WIDTHS = (2, 3, 4, 6, 8, 12, 16)
 
 
-def get_config():
+def get_config(variant: str = ''):
+  """variant: '' (the main job) or 'quick' (a tiny version that runs in seconds)."""
   c = config_lib.base_config()
   c.algorithms = ('lazy_exact', 'beyond_lazy', 'gd')
   c.order = 3
@@ -59,4 +65,10 @@ def get_config():
   c.lazy.momentum = 0.99
   c.eps = 0.05
   c.x64 = True  # the tangent rank near the lazy threshold needs float64 (lazy.py)
+  if variant == 'quick':
+    c.dims, c.num_seeds, c.steps = (6, 8), 2, 2000
+    c.widths = (3, 4, 6)
+    c.algorithm_widths.lazy_exact = c.algorithm_widths.lazy = (8, 11, 16)  # one bucket; m* 10, 16
+  elif variant:
+    raise ValueError(f"configs/default.py: unknown variant {variant!r} (use 'quick' or none)")
   return c

@@ -401,11 +401,12 @@ def _phase(msg: str, *args):
 
 
 def run(c: ml_collections.ConfigDict, workdir: str,
-        on_chunk: Optional[Callable[[int], None]] = None) -> Dict:
+        on_chunk: Optional[Callable[[int], None]] = None, figures: bool = True) -> Dict:
   """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary.
 
   Everything the user gives (config, target) is checked before anything is written. The writer
-  process holds the workdir's lock until it returns (results.Workdir.open).
+  process holds the workdir's lock until it returns (results.Workdir.open). figures=False skips
+  figures/ (overparam.decompose: drawing is most of a small run's time).
   """
   config_lib.validate(c)
   memory.check(c)  # before anything is allocated or written
@@ -434,7 +435,7 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   resolved = c.to_dict()
   fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
   try:
-    return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk)
+    return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures)
   finally:
     wd.unlock()
 
@@ -444,7 +445,7 @@ def _key(common: Dict) -> tuple:
   return tuple(sorted(common.items()))
 
 
-def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk) -> Dict:
+def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=True) -> Dict:
   rows = wd.load_results(fp)
   done = {results.cell_id(r) for r in rows}
   ckpt_names = []
@@ -493,11 +494,12 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk) -> Dict:
   if is_writer:
     wd.remove_checkpoints(ckpt_names)  # every program is finished: its checkpoint is not needed any more
     results.write_json_atomic(wd.summary_path, summary)
-    end = _phase('drawing figures')
-    try:
-      plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
-    except OSError as e:  # the rows are safe; only the figures are missing (--plot_only redraws them)
-      raise results.WorkdirError(f'--workdir {wd.path!r}: cannot write figures into {wd.figures_dir} '
-                                 f'({e.strerror or e}); the results are complete, redraw with --plot_only') from None
-    end()
+    if figures:
+      end = _phase('drawing figures')
+      try:
+        plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+      except OSError as e:  # the rows are safe; only the figures are missing (--plot_only redraws them)
+        raise results.WorkdirError(f'--workdir {wd.path!r}: cannot write figures into {wd.figures_dir} '
+                                   f'({e.strerror or e}); the results are complete, redraw with --plot_only') from None
+      end()
   return summary

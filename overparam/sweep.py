@@ -73,14 +73,22 @@ def to_host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+class Compiled(NamedTuple):
+  init: Callable
+  chunk: Callable
+  finish: Callable
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
-  """(init, chunk, export, dense, extras) jitted and vmapped over runs; cached per algorithm.
+  """(init, chunk, finish) jitted and vmapped over runs; cached per algorithm.
 
   chunk(state, data) -> (state, trace): `chunk_steps` steps; with trace_every > 0 (a divisor of
   chunk_steps) it also returns alg.trace(state, data) after every trace_every steps, stacked on
-  axis 1, else an empty dict. export, dense_model and extras are the algorithm's (algorithms.Algorithm;
-  their defaults return None / {}, which the engine passes on as None / {}).
+  axis 1, else an empty dict. finish(state, data) -> (exported, dense, extras): the algorithm's
+  export, dense_model and extras (algorithms.Algorithm; their defaults return None / {}, which the
+  engine passes on as None / {}) in ONE program, so a bucket compiles three executables, not five
+  (each is a pure function of the final state: fusing them changes no number, tests/test_cache.py).
   """
 
   def steps(state, data, n):
@@ -97,8 +105,11 @@ def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 
 
   init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
   chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
-  batched = lambda fn: jax.jit(jax.vmap(fn))
-  return init, chunk, batched(alg.export), batched(alg.dense_model), batched(alg.extras)
+
+  def finish(state, data):
+    return alg.export(state, data), alg.dense_model(state, data), alg.extras(state, data) or {}
+
+  return Compiled(init, chunk, jax.jit(jax.vmap(finish)))
 
 
 def fingerprint(alg, cells, n_total: int) -> str:
@@ -166,7 +177,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
   n_total = padded_runs(n, mesh.size)
   if trace_every and chunk_steps % trace_every:
     raise ValueError(f'trace_every={trace_every} must divide chunk_steps={chunk_steps}')
-  init_fn, chunk_fn, export_fn, dense_fn, extras_fn = compiled(alg, chunk_steps, sharding, trace_every)
+  init_fn, chunk_fn, finish_fn = compiled(alg, chunk_steps, sharding, trace_every)
   gdata = to_global(pad_runs(data, n_total), sharding)
   t0 = time.time()
   if init_state is not None:
@@ -208,9 +219,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
       if is_writer:
         _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
       last_ckpt = time.time()
-  exported = to_host(export_fn(state, gdata)) if export_fn else None
-  dense = to_host(dense_fn(state, gdata)) if dense_fn else None
-  extras = to_host(extras_fn(state, gdata)) if extras_fn else {}
+  exported, dense, extras = to_host(finish_fn(state, gdata))
   host_state = to_host(state)
   if checkpoint_path and ran and is_writer:  # chunks_done = n_chunks: a resume goes straight to finishing
     _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp)

@@ -33,6 +33,7 @@ def strip(row, drop=()):
   return {k: v for k, v in row.items() if k not in PROGRAM_FIELDS + tuple(drop)}
 
 
+@pytest.mark.slow
 def test_axis_sweep_equals_separate_runs(tmp_path):
   """axes=('lr=a,b', 'beyond_lazy.init_scale=x,y'): gd rows at lr=a equal a plain run with lr=a
   (beyond_lazy's at init_scale=x likewise); rows carry the values; files are unique per value."""
@@ -75,6 +76,7 @@ def _rows(c, wd):
     return load_rows(wd), json.load(f)
 
 
+@pytest.mark.slow
 def test_ranks_and_rank_axis_give_identical_rows(tmp_path):
   a, sa = _rows(tiny(algorithms=('gd',), ranks=(1, 2)), str(tmp_path / 'ranks'))
   b, sb = _rows(tiny(algorithms=('gd',), axes=('rank=1,2',)), str(tmp_path / 'axes'))
@@ -84,6 +86,7 @@ def test_ranks_and_rank_axis_give_identical_rows(tmp_path):
   assert sa.keys() == sb.keys() and sa['thresholds'] == sb['thresholds']
 
 
+@pytest.mark.slow
 def test_alphas_and_alpha_axis_give_identical_rows(tmp_path):
   kw = dict(algorithms=('gd', 'lazy_exact'), init_scale=1.0, lr=0.02)
   a, sa = _rows(tiny(alphas=(1.0, 10.0), **kw), str(tmp_path / 'alphas'))

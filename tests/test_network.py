@@ -208,6 +208,7 @@ def test_lazy_exact_on_samples_recovers_t_star_from_enough_samples():
   assert float(alg2.extras(state2, data2)['train_error']) < 1e-8  # it interpolates the 12 points
 
 
+@pytest.mark.slow
 def test_lazy_gd_on_samples_approaches_lazy_exact():
   c = tiny(algorithms=('lazy', 'lazy_exact'), num_samples=30, steps=3000, init_scale=0.8,
            **{'lazy.momentum': 0.9})
@@ -259,6 +260,7 @@ def _load(wd):
 KEYS = ('rel_error', 'train_error', 'steps', 'status', 'num_samples', 'movement')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('online', [False, True])
 def test_samples_sweep_resumes_after_a_kill(tmp_path, online):
   c = tiny(algorithms=('gd', 'beyond_lazy'), widths=(2, 3), online=online, label_noise=0.1,
@@ -300,6 +302,7 @@ def _launch(workdir, *extra, devices=1):
 # Online beyond_lazy in float32 measured equal to ~1e-9 relative, not bit-identical, across device counts
 # (a different per-device batch changes XLA's float32 fusion of the in-loop draws; BUILD.md); in float64
 # it is bit-identical, the fixed-sample runs in float32 too.
+@pytest.mark.slow
 @pytest.mark.parametrize('online, x64', [('False', 'False'), ('True', 'True')])
 def test_samples_runs_identical_on_one_and_four_devices(tmp_path, online, x64):
   flags = (f'--config.online={online}', f'--config.x64={x64}')
@@ -309,6 +312,7 @@ def test_samples_runs_identical_on_one_and_four_devices(tmp_path, online, x64):
   assert [[r.get(k) for k in KEYS] for r in one] == [[r.get(k) for k in KEYS] for r in four]
 
 
+@pytest.mark.slow
 def test_num_samples_axis_equals_separate_runs_and_gives_n_star(tmp_path):
   c = tiny(algorithms=('gd', 'lazy_exact'), widths=(3,), num_samples=20, eps=0.5, steps=40,
            axes=('num_samples=20,56',), **{'algorithm_widths.lazy_exact': (10,)})

@@ -42,6 +42,7 @@ def leaves(tree):
   return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
 
 
+@pytest.mark.slow
 def test_adamw_by_name_equals_the_formula():
   """Two steps of adamw(lr, b1, b2, eps, weight_decay) against the AdamW update written out."""
   lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.01
@@ -92,6 +93,7 @@ def test_gd_with_a_schedule_takes_the_scheduled_steps():
       np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_every_algorithm_with_a_step_size_takes_the_optimizer(tmp_path):
   c = tiny(algorithms=('gd', 'beyond_lazy', 'lazy'), optimizer='adam', schedule='cosine', steps=40)
   experiments.run(c, str(tmp_path))
@@ -138,6 +140,7 @@ def test_names_are_what_optax_offers():
   assert {'sgd', 'adam', 'adamw', 'lion', 'rmsprop'} <= set(names) and 'lbfgs' not in names
 
 
+@pytest.mark.slow
 def test_command_line_spelling(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   args = ['--config=configs/default.py', '--config.algorithms=("gd",)', '--config.dims=(5,)', '--config.rank=2',

@@ -58,6 +58,7 @@ def tiny(**kw):
   return c
 
 
+@pytest.mark.slow
 def test_toy_algorithm_runs_through_the_launcher_path(tmp_path):
   with registry.registered(TOY):
     assert 'toy_ngd' in registry.names()

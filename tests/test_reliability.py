@@ -12,7 +12,7 @@ import pytest
 from overparam import config_lib, experiments, memory, metrics, registry, results
 from overparam.errors import ConfigError
 
-from tests.test_sweep import finish, launch, tiny_config
+from tests.support import finish, launch, tiny_config
 
 
 def _set(c, path, value):
@@ -84,6 +84,7 @@ def test_workdir_that_cannot_be_written(tmp_path):
     experiments.run(tiny_config(), str(blocker / 'sub'))
 
 
+@pytest.mark.slow
 def test_divergence_completes_the_sweep_and_is_counted(tmp_path):
   c = tiny_config(lr=1e3, widths=(2, 3), steps=60)
   summary = experiments.run(c, str(tmp_path))
@@ -101,6 +102,7 @@ def test_divergence_completes_the_sweep_and_is_counted(tmp_path):
     (np.ones((6, 6)), 'order 2'),
     (np.arange(216.0).reshape(6, 6, 6), 'not symmetric'),
 ])
+@pytest.mark.slow
 def test_bad_target_file_on_the_command_line(tmp_path, content, match):
   path = tmp_path / 'target.npy'
   if isinstance(content, bytes):
@@ -115,6 +117,7 @@ def test_bad_target_file_on_the_command_line(tmp_path, content, match):
   assert not (wd / 'results.jsonl').exists()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(tmp_path):
   """A SIGKILL at a random moment and one while finishing, then re-runs: one line per cell, equal
   to an unbroken run."""
@@ -129,6 +132,7 @@ def test_config_json_records_versions(tmp_path):
   assert prov['jax'] and prov['jaxlib'] and 'git_revision' in prov
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('algorithm', ['gd', 'beyond_lazy', 'lazy', 'lazy_exact'])
 def test_memory_refusal_names_the_program_and_what_to_reduce(tmp_path, algorithm):
   rc, err = finish(launch(str(tmp_path / 'w'), f'--config.algorithms=("{algorithm}",)', '--config.memory_gb=1e-7'))
@@ -221,6 +225,7 @@ def test_zero_target_is_an_error_naming_it(tmp_path, kind):
   assert not (tmp_path / 'wd').exists()
 
 
+@pytest.mark.slow
 def test_scale_free_algorithm_trains_alike_at_any_scale(tmp_path):
   """beyond_lazy fits T*/||T*||: weights scaled by 1e20 or 1e-20 (float32) give the same run."""
   got = []
@@ -245,6 +250,7 @@ def test_unrepresentable_target_for_a_scaled_algorithm_names_x64(tmp_path):
   assert not (tmp_path / 'wd').exists()
 
 
+@pytest.mark.slow
 def test_status_agrees_with_float64_rel_error(tmp_path, caplog):
   """float32 at eps 5e-4: a run the in-loop test stops as converged with float64 rel_error >= eps is
   continued with a tighter threshold; every row's status agrees with its rel_error, and so does m*."""

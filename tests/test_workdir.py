@@ -78,6 +78,7 @@ def rows_of(wd):
 
 # ---- 1. deleting only what the tool wrote ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_foreign_folder_is_refused_and_untouched(tmp_path):
   foreign = tmp_path / 'home'
   (foreign / 'checkpoints' / 'sub').mkdir(parents=True)
@@ -91,6 +92,7 @@ def test_foreign_folder_is_refused_and_untouched(tmp_path):
                                                                               '.write_probe.7', 'paper.tex'])
 
 
+@pytest.mark.slow
 def test_resume_deletes_only_its_own_names(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   os.makedirs(os.path.join(wd, 'checkpoints', 'sub'))
@@ -112,6 +114,7 @@ def test_resume_deletes_only_its_own_names(finished, tmp_path):
 
 # ---- 2. one launch per workdir ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_launch_is_refused_naming_the_holder(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   holder = results.Workdir(wd)
@@ -126,6 +129,7 @@ def test_second_launch_is_refused_naming_the_holder(finished, tmp_path):
     holder.unlock()
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_process_is_released_at_once(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   code = (f'import json, time; from overparam import results; w = results.Workdir({wd!r}); '
@@ -144,6 +148,7 @@ def test_lock_of_a_killed_process_is_released_at_once(finished, tmp_path):
 
 # ---- 3. rows belong to the config beside them ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_results_without_config_are_refused(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   os.remove(os.path.join(wd, 'config.json'))
@@ -179,6 +184,7 @@ def test_fingerprint_ignores_fields_that_cannot_change_a_number():
 
 # ---- 12.4: workdirs that outlive the code --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_across_new_fields_and_non_result_fields(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   cfg = resolved_config(wd)
@@ -200,6 +206,7 @@ def test_resume_across_new_fields_and_non_result_fields(finished, tmp_path):
                                   b'"steps": 3, "status": "converged", "rel_error": "0.01"}\n',
                                   b'{"algorithm": "gd", "order": 3, "dim": 4, "rank": 2, "width": 2, "seed": 5, '
                                   b'"steps": 3, "status": "converged", "rel_error": 0.01, "axes": 5}\n'])
+@pytest.mark.slow
 def test_a_line_that_is_not_a_row_is_named_and_nothing_is_appended(finished, tmp_path, line):
   wd = copy_of(finished, tmp_path)
   with open(os.path.join(wd, 'results.jsonl'), 'ab') as f:
@@ -228,6 +235,7 @@ def test_plot_only_on_a_damaged_workdir_names_the_file(finished, tmp_path, damag
     experiments.plot_only(wd)
 
 
+@pytest.mark.slow
 def test_plot_only_through_the_launcher(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   with open(os.path.join(wd, 'config.json'), 'w') as f:
@@ -236,6 +244,7 @@ def test_plot_only_through_the_launcher(finished, tmp_path):
   assert rc == 2 and 'config.json' in last_line(err) and 'Traceback' not in err, err[-500:]
 
 
+@pytest.mark.slow
 def test_a_subfolder_that_cannot_be_written_is_found_before_computing(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
   with open(os.path.join(wd, 'results.jsonl'), 'w'):
@@ -277,6 +286,7 @@ def test_short_writes_are_completed(tmp_path, monkeypatch):
   assert json.load(open(tmp_path / 's.json')) == {'k': list(range(30))}
 
 
+@pytest.mark.slow
 def test_sigint_says_resume_and_exits_130(tmp_path):
   wd = str(tmp_path / 'wd')
   p = launch(wd, '--config.steps=4000', '--config.chunk_steps=20', '--config.eps=1e-9')
@@ -289,6 +299,7 @@ def test_sigint_says_resume_and_exits_130(tmp_path):
   assert p.returncode == 130 and 'resume' in last_line(err) and 'Traceback' not in err, err[-800:]
 
 
+@pytest.mark.slow
 def test_internal_bug_keeps_its_traceback(tmp_path):
   code = ('import sys; from absl import app; import launch; from overparam import experiments\n'
           'def bug(*a, **k): raise IndexError("a library bug")\n'
@@ -310,6 +321,7 @@ def test_internal_bug_keeps_its_traceback(tmp_path):
     (['--config.steps=4294967296'], 'config.steps'),
     (['--config.orderr=3'], "config has no field 'orderr' (did you mean config.order?)"),
 ])
+@pytest.mark.slow
 def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):
   rc, err = run(str(tmp_path / 'wd'), *args)
   assert rc == 2 and last_line(err).startswith('error:') and expect in last_line(err), err[-800:]
@@ -328,14 +340,15 @@ class Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_kill_while_finishing_resumes_without_recomputing(tmp_path, monkeypatch):
-  from tests.test_sweep import tiny_config  # noqa: PLC0415
+  from tests.support import tiny_config  # noqa: PLC0415
   c = tiny_config(widths=(2, 3), num_seeds=1, steps=60, dims=(4,))
   unbroken = experiments.run(c, str(tmp_path / 'unbroken'))
   real = experiments.finalize
 
   def crash(*a, **k):
-    rows = real(*a, **k)  # params written, rows not yet appended: the worst moment
+    real(*a, **k)  # params written, rows not yet appended: the worst moment
     raise Crash()
   monkeypatch.setattr(experiments, 'finalize', crash)
   wd = str(tmp_path / 'broken')
