@@ -102,7 +102,7 @@ def test_empirical_loss_gradient_against_finite_differences(parametrization):
   s = network.draw(jax.random.PRNGKey(4), 0, 30, dim, t.coeffs, t.factors, order, 0.1, 1.0, F64)
   spec = objectives.Spec(order, parametrization, 'samples', 0.0, network.SampleSpec(30))
   mask = jnp.asarray([1.0, 1.0, 1.0, 0.0], F64)
-  loss = lambda q: objectives.objective(q, signs, mask, t, spec, s)[0]
+  loss = jax.jit(lambda q: objectives.objective(q, signs, mask, t, spec, s)[0])
   grad = jax.grad(loss)(p)
   flat, unravel = jax.flatten_util.ravel_pytree(p)
   g = jax.flatten_util.ravel_pytree(grad)[0]
@@ -193,6 +193,7 @@ def test_lazy_exact_on_samples_is_numpy_min_norm_least_squares(num_samples):
   np.testing.assert_allclose(h3, fit, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_lazy_exact_on_samples_recovers_t_star_from_enough_samples():
   """Above the lazy width and with n >= C(d+2, 3) noise-free samples the kernel regression is exact;
   with symmetric init the learned tensor is J dW (T(W0) = 0)."""
@@ -222,6 +223,7 @@ def test_lazy_gd_on_samples_approaches_lazy_exact():
                              rtol=1e-3)  # n = 30 > rank J_F = 20: both reach the same least-squares residual
 
 
+@pytest.mark.slow
 def test_beyond_lazy_labels_are_normalized_like_its_target():
   c = tiny(algorithms=('beyond_lazy',), label_noise=0.05)
   alg, data, _ = _data(c, 'beyond_lazy', 3)
