@@ -38,11 +38,12 @@ import dataclasses
 import functools
 import itertools
 import math
-from typing import Any
+from typing import Any, ClassVar, Tuple
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import jax.scipy.linalg
 import numpy as np
 import optax
 
@@ -162,6 +163,132 @@ def min_norm_solve(jac: jax.Array, b: jax.Array, n_params):
 
 
 # ----------------------------------------------------------------------------------------------
+# One factorization for a whole width grid (LazyExact with `widths`).
+#
+# The inits are nested (component i is drawn from fold_in(key, i) alone), so J_m, the Jacobian at
+# width m, is the first m k columns of J_M (k parameters per component, columns in component order)
+# for every m <= M. One rank-revealing Gram-Schmidt of J_M in that order gives orthonormal directions
+# q_1, q_2, ... such that the directions of components < m span range(J_m), for every m at once.
+
+NO_COMPONENT = 2 ** 30  # the component of an empty direction slot
+
+
+def _block_gs(e: jax.Array, k: int, first: int, tau) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """Rank-revealing Gram-Schmidt of the k-column blocks of one panel, in order.
+
+  e (N, w), w = b k: the panel's columns, already orthogonal to every earlier panel's directions;
+  block i is component first + i. Each block is orthogonalized against the panel's directions so far
+  (twice: CGS2); the left singular vectors of what remains whose singular value exceeds `tau` are
+  the block's new directions. Returns u (N, w) (directions in block order, zero columns after the
+  last), s (w,) their singular values (0: empty slot), comp (w,) their component (NO_COMPONENT: empty).
+  """
+  n, w = e.shape
+  int_dtype = jnp.int32
+
+  def body(i, carry):
+    u, s, comp, cnt = carry
+    x = jax.lax.dynamic_slice_in_dim(e, i * k, k, axis=1)
+    for _ in range(2):
+      x = x - u @ (u.T @ x)
+    if n >= k:
+      q, r = jnp.linalg.qr(x)
+      ur, sv, _ = jnp.linalg.svd(r)  # x = (q ur) diag(sv) vt, sv descending: kept ones first
+      cand = q @ ur
+    else:  # fewer rows than a block has columns
+      cand, sv, _ = jnp.linalg.svd(x, full_matrices=False)
+      cand, sv = jnp.pad(cand, ((0, 0), (0, k - n))), jnp.pad(sv, (0, k - n))
+    keep = sv > tau
+    u = jax.lax.dynamic_update_slice(u, cand * keep, (jnp.zeros((), int_dtype), cnt))
+    s = jax.lax.dynamic_update_slice(s, jnp.where(keep, sv, 0.0), (cnt,))
+    comp = jax.lax.dynamic_update_slice(comp, jnp.where(keep, first + i, NO_COMPONENT).astype(int_dtype), (cnt,))
+    return u, s, comp, cnt + jnp.sum(keep).astype(int_dtype)
+
+  init = (jnp.zeros((n, w), e.dtype), jnp.zeros((w,), e.dtype), jnp.full((w,), NO_COMPONENT, int_dtype),
+          jnp.zeros((), int_dtype))
+  u, s, comp, _ = jax.lax.fori_loop(0, w // k, body, init)
+  return u, s, comp
+
+
+def factor_components(a: jax.Array, n_cols: int, k: int, tau, panel_cols: int = 512):
+  """Rank-revealing block Gram-Schmidt of the first n_cols columns of `a`, k columns per component.
+
+  a (N, n_cols + e): J in component order, then e right-hand sides (carried along, not factored).
+  Block modified Gram-Schmidt, right-looking over panels of ~panel_cols columns: each panel is
+  factored by _block_gs (directions with singular value > tau), then its directions are projected
+  out of every later column. Returns, with S = min(N, n_cols) and the directions compacted in
+  component order:
+    coef (S, n_cols + e)  coefficients of every column on the directions (a = Q coef, Q never
+                          formed); a direction of component i has coefficient 0 on the columns of
+                          components < i (exactly: what GS dropped there is below tau)
+    s (S,)                each direction's singular value in its block (0: empty)
+    comp (S,)             each direction's component (NO_COMPONENT: empty)
+  The directions of components < m are the first ones and span range(a[:, :m k]) for every m.
+  """
+  n, total = a.shape
+  m = n_cols // k
+  step = max(1, panel_cols // k)
+  rows, svals, comps = [], [], []
+  for c0 in range(0, m, step):
+    lo, hi = c0 * k, min(c0 + step, m) * k
+    u, s, comp = _block_gs(a[:, lo:hi], k, c0, tau)
+    coef = u.T @ a[:, lo:]
+    if hi < total:
+      a = a.at[:, hi:].add(-(u @ coef[:, hi - lo:]))
+    rows.append(jnp.pad(coef, ((0, 0), (lo, 0))))
+    svals.append(s)
+    comps.append(comp)
+  comp = jnp.concatenate(comps)
+  order = jnp.argsort(comp, stable=True)[:min(n, n_cols)]
+  coef, s, comp = jnp.concatenate(rows)[order], jnp.concatenate(svals)[order], comp[order]
+  col_comp = jnp.arange(total) // k
+  coef = jnp.where((comp[:, None] <= col_comp[None, :]) | (col_comp[None, :] >= m), coef, 0.0)
+  return coef, s, comp
+
+
+def _lambda_max(g: jax.Array, iters: int = 30) -> jax.Array:
+  """Largest eigenvalue of a PSD matrix by power iteration (a quasi-random start)."""
+  v = jnp.sin(1.0 + 0.6180339887498949 * jnp.arange(g.shape[0], dtype=g.dtype))
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(g.dtype).tiny)
+  v = jax.lax.fori_loop(0, iters, lambda _, v: unit(g @ v), unit(v))
+  return v @ (g @ v)
+
+
+def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tuple[int, ...], k: int,
+                    n_rows: int):
+  """(ranks (G,), x (G, M k)): for every width m_j of the sorted grid `widths`, the numerical rank of
+  J_j = J[:, :m_j k] and the min-norm least-squares solution x_j = J_j^+ b_j (zero beyond m_j k).
+
+  coef, s, comp: factor_components of [J, b_1 .. b_G] (J of n_rows rows, M = widths[-1]). In the
+  directions' coordinates J_j = Q_j C_j, so x_j = C_j^T (C_j C_j^T)^{-1} Q_j^T b_j; C_j C_j^T is
+  accumulated over the grid (each column enters once) and solved by Cholesky. The rank is
+  min_norm_solve's: a direction counts when s^2 > lambda_max(J_j^T J_j) max(N, m_j k) eps (the
+  same threshold on the singular values that GS exposes; equal to the Gram eigenvalue count
+  whenever no singular value of J_j lies near the threshold).
+  """
+  n_dir = coef.shape[0]
+  cols = widths[-1] * k
+  eps = jnp.finfo(coef.dtype).eps
+  ranks, xs = [], []
+  gram, prev = jnp.zeros((0, 0), coef.dtype), 0
+  for j, m in enumerate(widths):
+    size = min(n_dir, m * k)
+    block = coef[:size, prev * k:m * k]
+    pad = size - gram.shape[0]
+    gram = jnp.pad(gram, ((0, pad), (0, pad))) + block @ block.T
+    prev = m
+    valid = comp[:size] < m
+    g = jnp.where(valid[:, None] & valid[None, :], gram, 0.0)
+    count = valid & (s[:size] ** 2 > _lambda_max(g) * max(n_rows, m * k) * eps)
+    both = count[:, None] & count[None, :]
+    g = jnp.where(both, g, 0.0) + jnp.diag((~count).astype(coef.dtype))
+    y = jnp.where(count, coef[:size, cols + j], 0.0)
+    z = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(g), True), y)
+    xs.append(jnp.pad(coef[:size, :m * k].T @ z, (0, cols - m * k)))
+    ranks.append(jnp.sum(count).astype(jnp.int32))
+  return jnp.stack(ranks), jnp.stack(xs)
+
+
+# ----------------------------------------------------------------------------------------------
 # The linearized model.
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +341,7 @@ class _Linearized:
     return self.t_lin(state.params, state.params0, state.aux['t0'], data)
 
   def extras(self, state: algorithms.RunState, data: algorithms.RunData):
-    gap = self.model(state.params, data) - self.dense_model(state, data)
+    gap = self.model(state.params, data) - _Linearized.dense_model(self, state, data)
     return {'linearization_gap': jnp.sqrt(jnp.sum(gap * gap) / data.target_sq),
             'sym_dim': jnp.asarray(sym_dim(self.dim, self.spec.order), jnp.int32)}
 
@@ -270,9 +397,37 @@ class Lazy(_Linearized):
     return {**super().extras(state, data), 'step_size': state.aux['lr'], 'lambda_max': state.aux['lambda_max']}
 
 
+def _from_components(flat: jax.Array, like):
+  """Inverse of the component column order: (B k,) -> a pytree shaped like `like` (leaves (B, ...))."""
+  leaves, treedef = jax.tree.flatten(like)
+  rows = flat.reshape(leaves[0].shape[0], -1)
+  out, off = [], 0
+  for x in leaves:
+    r = math.prod(x.shape[1:])
+    out.append(rows[:, off:off + r].reshape(x.shape))
+    off += r
+  return jax.tree.unflatten(treedef, out)
+
+
 @dataclasses.dataclass(frozen=True)
 class LazyExact(_Linearized):
-  """The exact lazy optimum by least squares on J in the unique-entry basis; solved in `init`, `step` is a no-op."""
+  """The exact lazy optimum by least squares on J in the unique-entry basis; solved in `init`, `step` is a no-op.
+
+  widths = () (the per-width path): one run is one width (data.width, data.mask), solved by
+  min_norm_solve. widths = (m_1 < ... < m_G) with bucket = m_G (the grid path, `one_program`): one
+  run is one seed, all G widths from one factorization of J at width m_G (factor_components,
+  prefix_min_norm); every leaf of its state has a leading width axis G, entry j being exactly the
+  state the per-width path computes for width m_j in a bucket of m_G (same init, same numbers to
+  rounding), and dense_model / extras return a leading axis G too. panel_cols: the
+  factorization's panel width (columns).
+  """
+  widths: Tuple[int, ...] = ()
+  panel_cols: int = 512
+  one_program: ClassVar[bool] = True  # the engine may run a whole width grid as one program
+
+  def __post_init__(self):
+    if self.widths and (list(self.widths) != sorted(set(self.widths)) or self.widths[-1] != self.bucket):
+      raise ValueError(f'widths must be increasing and end at bucket={self.bucket}, got {self.widths}')
 
   def unique_jacobian(self, params, data: algorithms.RunData) -> jax.Array:
     """J of the undoubled model at `params` in weighted unique coordinates: (N, P), P = B x params per
@@ -281,21 +436,50 @@ class LazyExact(_Linearized):
     The model is separable over components (canonical is row-wise), so J is built per component by
     forward mode on the monomials sqrt(mult_e) c_i prod_q v_i[e_q]: O(N P l), never a (d^l, P) array.
     """
+    jac = self._component_jacobians(params, data.signs, self._scale(data) * data.mask)
+    n = sym_dim(self.dim, self.spec.order)
+    return jnp.concatenate([jnp.moveaxis(x, 1, 0).reshape(n, -1) for x in jax.tree.leaves(jac)], axis=1)
+
+  def component_jacobian(self, params, signs) -> jax.Array:
+    """J of the undoubled, unscaled model with every component real: (N, B k), columns in component
+    order (component i's k = params_per_component columns, its leaves in ravel order, are columns
+    [i k, (i+1) k)), so a width-m prefix is the first m k columns."""
+    jac = self._component_jacobians(params, signs, jnp.ones(signs.shape, self.dtype))
+    n = sym_dim(self.dim, self.spec.order)
+    blocks = [x.reshape(x.shape[0], n, -1) for x in jax.tree.leaves(jac)]  # (B, N, params of the leaf)
+    return jnp.moveaxis(jnp.concatenate(blocks, axis=2), 0, 1).reshape(n, -1)
+
+  def _component_jacobians(self, params, signs, weights):
+    """Per-component Jacobians (leaves (B, N, ...)) of weights_i c_i v_i^{(x)l} in unique coordinates."""
     order = self.spec.order
     idx, mult, _ = sym_basis(self.dim, order)
     idx = jnp.asarray(idx)
     w = jnp.sqrt(jnp.asarray(mult, self.dtype))
-    scale = self._scale(data)
 
-    def component(p_i, s_i, m_i):
+    def component(p_i, s_i, a_i):
       c, v = objectives.canonical(jax.tree.map(lambda x: x[None], p_i), self.spec.parametrization, s_i[None])
-      return scale * m_i * c[0] * w * jnp.prod(v[0][idx], axis=1)
+      return a_i * c[0] * w * jnp.prod(v[0][idx], axis=1)
 
-    jac = jax.vmap(jax.jacfwd(component))(params, data.signs, data.mask)
-    n = idx.shape[0]
-    return jnp.concatenate([jnp.moveaxis(x, 1, 0).reshape(n, -1) for x in jax.tree.leaves(jac)], axis=1)
+    return jax.vmap(jax.jacfwd(component))(params, signs, weights)
+
+  def _width_data(self, data: algorithms.RunData, width) -> algorithms.RunData:
+    """data of a width-`width` run in this bucket (the grid path's runs carry width = bucket)."""
+    return data._replace(mask=(jnp.arange(self.bucket) < width).astype(data.mask.dtype),
+                         width=jnp.asarray(width, data.width.dtype))
+
+  def _finish(self, p0, t0, delta, rank, data: algorithms.RunData) -> algorithms.RunState:
+    """The state of the min-norm step `delta` (a pytree like the undoubled params) from W0 = p0."""
+    if self.symmetric_init:  # min-norm over (W+, W-) with J = [J0, -J0]: split the step in halves
+      params = {'minus': jax.tree.map(lambda a, b: a - 0.5 * b, p0['minus'], delta),
+                'plus': jax.tree.map(lambda a, b: a + 0.5 * b, p0['plus'], delta)}
+    else:
+      params = jax.tree.map(jnp.add, p0, delta)
+    model = self.t_lin(params, p0, t0, data)
+    return self._state(params, p0, t0, data, self._rel(model, data), {'tangent_rank': rank})
 
   def init(self, data: algorithms.RunData) -> algorithms.RunState:
+    if self.widths:
+      return self._init_grid(data)
     order = self.spec.order
     p0 = self.init_params(data)
     t0 = self.model(p0, data)
@@ -305,17 +489,52 @@ class LazyExact(_Linearized):
     rank, delta_flat = min_norm_solve(jac, b, data.width.astype(self.dtype) * params_per_component(
         self.spec.parametrization, self.dim))
     _, unravel = jax.flatten_util.ravel_pytree(base)
-    delta = unravel(delta_flat)
-    if self.symmetric_init:  # min-norm over (W+, W-) with J = [J0, -J0]: split the step in halves
-      params = {'minus': jax.tree.map(lambda a, b: a - 0.5 * b, p0['minus'], delta),
-                'plus': jax.tree.map(lambda a, b: a + 0.5 * b, p0['plus'], delta)}
-    else:
-      params = jax.tree.map(jnp.add, p0, delta)
-    model = self.t_lin(params, p0, t0, data)
-    return self._state(params, p0, t0, data, self._rel(model, data), {'tangent_rank': rank})
+    return self._finish(p0, t0, unravel(delta_flat), rank, data)
+
+  def _init_grid(self, data: algorithms.RunData) -> algorithms.RunState:
+    """Every width of the grid from one factorization of J at width bucket = widths[-1].
+
+    J_m = s_m K_m (K unscaled, s_m = 1/sqrt(m) under ntk_scaling, else 1) has the column span and
+    the numerical rank of K_m, and J_m^+ b = K_m^+ b / s_m. Without symmetric_init T_m(W0) depends
+    on m, so each width has its own right-hand side b_m = T* - T_m(W0), carried through the
+    factorization as an extra column.
+    """
+    order, k = self.spec.order, params_per_component(self.spec.parametrization, self.dim)
+    p0 = self.init_params(data)
+    base = p0['plus'] if self.symmetric_init else p0
+    per = [self._width_data(data, m) for m in self.widths]
+    t0s = [self.model(p0, d) for d in per]
+    t_star = dense_target(data.target, order)
+    rhs = jnp.stack([to_unique(t_star - t0, order) for t0 in t0s], axis=1)  # (N, G)
+    jac = self.component_jacobian(base, data.signs)
+    n, cols = jac.shape
+    # Keep threshold: below every width's rank threshold (sigma_max(J_m) >= the largest column norm
+    # of component 0), far above the rounding floor of a dependent column.
+    tau = jnp.sqrt(max(n, k) * jnp.finfo(self.dtype).eps) * jnp.max(jnp.linalg.norm(jac[:, :k], axis=0))
+    coef, s, comp = factor_components(jnp.concatenate([jac, rhs], axis=1), cols, k, tau, self.panel_cols)
+    ranks, xs = prefix_min_norm(coef, s, comp, self.widths, k, n)
+    states = []
+    for j, d in enumerate(per):
+      delta = _from_components(xs[j] / self._scale(d), base)
+      states.append(self._finish(p0, t0s[j], delta, ranks[j], d))
+    return jax.tree.map(lambda *x: jnp.stack(x), *states)
+
+  def _per_width(self, fn, state, data):
+    """fn(state_j, data_j) for every width of the grid, stacked on a leading axis."""
+    ws = jnp.asarray(self.widths, data.width.dtype)
+    return jax.vmap(lambda st, w: fn(st, self._width_data(data, w)))(state, ws)
 
   def step(self, state: algorithms.RunState, data: algorithms.RunData) -> algorithms.RunState:
     return state
 
+  def dense_model(self, state, data):
+    if self.widths:
+      return self._per_width(super().dense_model, state, data)
+    return super().dense_model(state, data)
+
   def extras(self, state, data):
-    return {**super().extras(state, data), 'tangent_rank': state.aux['tangent_rank']}
+    single = lambda st, d: {**_Linearized.extras(self, st, d), 'tangent_rank': st.aux['tangent_rank']}
+    return self._per_width(single, state, data) if self.widths else single(state, data)
+
+  def trace(self, state, data):
+    return self._per_width(super().trace, state, data) if self.widths else super().trace(state, data)
