@@ -56,8 +56,8 @@ def _build_lazy(c, dim: int, bucket: int):
                    power_iters=c.lazy.power_iters, **_lazy_kwargs(c, dim, bucket))
 
 
-def _build_lazy_exact(c, dim: int, bucket: int):
-  return lazy.LazyExact(steps=1, **_lazy_kwargs(c, dim, bucket))
+def _build_lazy_exact(c, dim: int, bucket: int, widths=()):
+  return lazy.LazyExact(steps=1, widths=tuple(widths), **_lazy_kwargs(c, dim, bucket))
 
 
 # name -> builder(config, dim, bucket) returning an algorithm (see algorithms.py for the protocol).
@@ -99,10 +99,42 @@ def file_tag(c: ml_collections.ConfigDict, alpha: Optional[float]) -> str:
   return (f'_r{c.rank}' if c.ranks else '') + (f'_a{alpha:g}' if c.alphas and alpha is not None else '')
 
 
-def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int):
+def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int, widths=()):
+  """widths: the grid of a one-program algorithm's program (see program_widths); () otherwise."""
   if name not in BUILDERS:
     raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r}')
-  return BUILDERS[name](c, dim, bucket)
+  return BUILDERS[name](c, dim, bucket, widths) if widths else BUILDERS[name](c, dim, bucket)
+
+
+# ------------------------------------------------------------------------------------------------
+# One-program algorithms (class attribute one_program = True, e.g. lazy.LazyExact): the whole width
+# grid of a (d, cell axes) runs as ONE program whose runs are the seeds; a run computes every width
+# (state leaves with a leading width axis) and its outcome is split into the usual (width, seed)
+# cells before finalize, so sweep.run_program, finalize, the rows and the resume by missing cells
+# are those of any other algorithm.
+ONE_PROGRAM_CLASSES = {'lazy_exact': lazy.LazyExact}  # the lead wires this to the algorithm registry
+
+
+def is_one_program(name: str) -> bool:
+  return getattr(ONE_PROGRAM_CLASSES.get(name), 'one_program', False)
+
+
+def program_widths(name: str, widths) -> List[List[int]]:
+  """The width groups of an algorithm's programs: the whole grid for one-program algorithms, else
+  sweep.bucket_widths (largest <= 2x smallest)."""
+  if is_one_program(name):
+    return [sorted(set(int(w) for w in widths))]
+  return sweep.bucket_widths(widths)
+
+
+def split_widths(out: sweep.Outcome, group: List[int], seeds: List[int], cells) -> sweep.Outcome:
+  """A one-program Outcome (runs = seeds, leaves (runs, G, ...); trace (runs, T, G, ...)) -> the
+  Outcome of `cells` [(width, seed)], each a (width in group, seed in seeds)."""
+  pick = np.array([seeds.index(s) * len(group) + group.index(m) for m, s in cells], np.int64)
+  flat = lambda t: None if t is None else jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])[pick], t)
+  trace = {k: np.moveaxis(v, 2, 1).reshape((-1, v.shape[1]) + v.shape[3:])[pick] for k, v in out.trace.items()}
+  return out._replace(state=flat(out.state), exported=flat(out.exported), dense=flat(out.dense),
+                      extras=flat(out.extras), trace=trace)
 
 
 def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:
@@ -266,21 +298,26 @@ def run(c: ml_collections.ConfigDict, workdir: str,
     targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
     for alg_name, (alpha, ca) in ((n, ac) for n in c.algorithms for ac in alpha_configs(cr, n)):
       tag = file_tag(ca, alpha)
-      for bucket_ws in sweep.bucket_widths(config_lib.widths_of(c, alg_name)):
+      for bucket_ws in program_widths(alg_name, config_lib.widths_of(c, alg_name)):
         bucket = max(bucket_ws)
         cells = [(m, s) for m in bucket_ws for s in seeds
                  if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, rank=rank, width=m,
                                          seed=s, alpha=alpha)) not in done]
         if not cells:
           continue
-        alg = build_algorithm(alg_name, ca, dim, bucket)
+        one = is_one_program(alg_name)
+        run_seeds = sorted({s for _, s in cells})
+        runs = [(bucket, s) for s in run_seeds] if one else cells  # one program: a run per seed
+        alg = build_algorithm(alg_name, ca, dim, bucket, tuple(bucket_ws) if one else ())
         label = f'{alg_name}{tag} l={c.order} d={dim} widths={bucket_ws}'
         ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{c.order}_d{dim}_B{bucket}.npz')
         out = sweep.run_program(
-            alg, run_data(cr, cells, targets, bucket, loss), cells, chunk_steps=config_lib.chunk_of(c),
+            alg, run_data(cr, runs, targets, bucket, loss), runs, chunk_steps=config_lib.chunk_of(c),
             trace_every=c.trace_every,
             checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
             label=label, on_chunk=on_chunk)
+        if one:
+          out = split_widths(out, bucket_ws, run_seeds, cells)
         new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, alpha=alpha)
         if is_writer:
           wd.append_results(new)

@@ -94,16 +94,24 @@ def params_per_component(parametrization: str, dim: int) -> int:
   return dim + 1 if parametrization == 'cp' else dim
 
 
-def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str, dtype_bytes: int) -> int:
+def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str, dtype_bytes: int,
+                        widths: Tuple[int, ...] = ()) -> int:
   """Peak bytes of one lazy_exact run, with a 2x margin.
 
-  J is N x P (N = C(d+l-1, l), P = bucket * params per component); with its forward-mode
-  construction, the Gram matrix (min(N, P)^2 <= N P), its eigenvectors and LAPACK workspace, XLA's
-  peak measured 2.6 N P words per run on CPU (l = 3, d = 24, bucket 128, 4 runs vmapped); 5 N P.
+  Per-width path (widths = ()): J is N x P (N = C(d+l-1, l), P = bucket * params per component);
+  with its forward-mode construction, the Gram matrix (min(N, P)^2 <= N P), its eigenvectors and
+  LAPACK workspace, XLA's peak measured 2.6 N P words per run on CPU (l = 3, d = 24, bucket 128, 4
+  runs vmapped); 5 N P.
+  Grid path (a run = one seed, all G widths): J and its copy in the factorization (2 N P), the
+  panels' coefficients, their compacted copy and the masked one (3 P^2, P + G columns), the Gram
+  matrices of prefix_min_norm (3 S^2, S = min(N, P)), and G dense models; doubled.
   """
   n = sym_dim(dim, order)
   p = bucket * params_per_component(parametrization, dim)
-  return dtype_bytes * (5 * n * p + 4 * dim ** order)
+  if not widths:
+    return dtype_bytes * (5 * n * p + 4 * dim ** order)
+  g, s = len(widths), min(n, p)
+  return dtype_bytes * 2 * (2 * n * (p + g) + 3 * p * (p + g) + 3 * s * s + 4 * g * dim ** order)
 
 
 # ----------------------------------------------------------------------------------------------

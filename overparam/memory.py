@@ -12,7 +12,7 @@ import os
 
 import jax
 
-from overparam import config_lib, lazy, sweep
+from overparam import config_lib, lazy
 from overparam.errors import ConfigError
 
 MARGIN = 2
@@ -56,10 +56,11 @@ def words_per_run(alg: str, c, dim: int, bucket: int, rank: int) -> int:
   return words
 
 
-def program_bytes(alg: str, c, dim: int, bucket: int, rank: int, runs: int) -> int:
+def program_bytes(alg: str, c, dim: int, bucket: int, rank: int, runs: int, widths=()) -> int:
+  """widths: a one-program algorithm's grid (its runs are seeds), else ()."""
   dtype_bytes = 8 if c.x64 else 4
   if alg == 'lazy_exact':
-    per_run = lazy.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, dtype_bytes)
+    per_run = lazy.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, dtype_bytes, widths)
   else:
     per_run = MARGIN * dtype_bytes * words_per_run(alg, c, dim, bucket, rank)
   return runs * per_run
@@ -71,6 +72,7 @@ def check(c, limit_bytes: int = 0):
   limit_bytes > 0 (or config.memory_gb > 0) replaces the detected free memory of one device. On a
   CPU every local device shares the host's memory, so a program's runs all count against it.
   """
+  from overparam import experiments  # noqa: PLC0415 - experiments imports this module
   limit = limit_bytes or (int(c.memory_gb * 2 ** 30) if c.memory_gb > 0 else available_bytes())
   devices = jax.local_devices()
   share = 1 if devices[0].platform == 'cpu' else len(devices)
@@ -78,9 +80,10 @@ def check(c, limit_bytes: int = 0):
   for alg in c.algorithms:
     for rank in config_lib.ranks_of(c):
       for dim in c.dims:
-        for ws in sweep.bucket_widths(config_lib.widths_of(c, alg)):
-          runs = math.ceil(len(ws) * c.num_seeds * (alphas if alg == 'gd' else 1) / share)
-          need = program_bytes(alg, c, dim, max(ws), rank, runs)
+        for ws in experiments.program_widths(alg, config_lib.widths_of(c, alg)):
+          one = experiments.is_one_program(alg)
+          runs = math.ceil((1 if one else len(ws)) * c.num_seeds * (alphas if alg == 'gd' else 1) / share)
+          need = program_bytes(alg, c, dim, max(ws), rank, runs, tuple(ws) if one else ())
           if need > limit:
             what = ''
             if alg == 'lazy_exact':
