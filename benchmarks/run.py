@@ -19,6 +19,8 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
   sweep_vs_python_loop       Python step loop seconds / one-program sweep seconds
   peers_vs_tensorly          TensorLy ALS time per solve / beyond_lazy time per solve (compile incl.)
   lazy_linearize_vs_jvp      jvp-every-step time per step / jax.linearize time per step
+  lazy_exact_grid_vs_largest lazy_exact over a 14-width grid from one factorization / the largest
+                             width alone by the per-width path (l=3 d=16, 4 seeds)
   memory_model               measured / predicted peak RSS (worst validation size)
   largest_default_program    measured / predicted peak RSS of the largest shipped program that fits
                              the machine (full only); default_py_program: the same for configs/default.py
@@ -40,6 +42,7 @@ BENCHMARKS = (
     ('sweep_bench', 'benchmarks.sweep_bench', (), True),
     ('peers_bench', 'benchmarks.peers_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
+    ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
     ('memory_bench', 'benchmarks.memory_bench', ('--part=model',), True),
     ('memory_largest', 'benchmarks.memory_bench', ('--part=largest',), False),
 )

@@ -147,6 +147,29 @@ def dense_target(target: tensors.Target, order: int) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # Least squares on J.
 
+def one_at_a_time(fn):
+  """fn, but under vmap applied to one batch element after the other (lax.map) instead of batched.
+
+  For the LAPACK calls (eigh, qr, svd, cholesky): jax's CPU kernels split a batch into tasks on
+  XLA's thread pool and wait for them from a thread of that pool; with 2 threads (2 cores) both
+  can end up waiting and the program hangs (observed: batched cholesky, eigh). Unbatched calls run
+  inline. Results are identical; the batch loses only that intra-op parallelism.
+  """
+  f = jax.custom_batching.custom_vmap(fn)
+
+  @f.def_vmap
+  def rule(axis_size, in_batched, *args):
+    args = tuple(a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip(args, in_batched))
+    out = jax.lax.map(lambda xs: f(*xs), args)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return f
+
+
+@one_at_a_time
+def _eigh(g: jax.Array):
+  return jnp.linalg.eigh(g)
+
 def min_norm_solve(jac: jax.Array, b: jax.Array, n_params):
   """(numerical rank of J, the min-norm least-squares solution J^+ b), J of shape (N, P).
 
@@ -160,7 +183,7 @@ def min_norm_solve(jac: jax.Array, b: jax.Array, n_params):
   n, p = jac.shape
   eps = jnp.finfo(jac.dtype).eps
   gram = jac @ jac.T if n <= p else jac.T @ jac
-  lam, vec = jnp.linalg.eigh(gram)
+  lam, vec = _eigh(gram)
   keep = lam > lam[-1] * jnp.maximum(jnp.asarray(n, jac.dtype), n_params) * eps
   inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
   if n <= p:  # J^+ b = J^T U diag(1/lam) U^T b
@@ -181,6 +204,23 @@ def min_norm_solve(jac: jax.Array, b: jax.Array, n_params):
 NO_COMPONENT = 2 ** 30  # the component of an empty direction slot
 
 
+@one_at_a_time
+def _left_singular(x: jax.Array):
+  """(U (N, k), singular values (k,), descending) of x (N, k); zero-padded when N < k."""
+  n, k = x.shape
+  if n >= k:
+    q, r = jnp.linalg.qr(x)
+    ur, sv, _ = jnp.linalg.svd(r)
+    return q @ ur, sv
+  u, sv, _ = jnp.linalg.svd(x, full_matrices=False)
+  return jnp.pad(u, ((0, 0), (0, k - n))), jnp.pad(sv, (0, k - n))
+
+
+@one_at_a_time
+def _cholesky_solve(g: jax.Array, y: jax.Array) -> jax.Array:
+  return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(g), True), y)
+
+
 def _block_gs(e: jax.Array, k: int, first: int, tau) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Rank-revealing Gram-Schmidt of the k-column blocks of one panel, in order.
 
@@ -198,13 +238,7 @@ def _block_gs(e: jax.Array, k: int, first: int, tau) -> Tuple[jax.Array, jax.Arr
     x = jax.lax.dynamic_slice_in_dim(e, i * k, k, axis=1)
     for _ in range(2):
       x = x - u @ (u.T @ x)
-    if n >= k:
-      q, r = jnp.linalg.qr(x)
-      ur, sv, _ = jnp.linalg.svd(r)  # x = (q ur) diag(sv) vt, sv descending: kept ones first
-      cand = q @ ur
-    else:  # fewer rows than a block has columns
-      cand, sv, _ = jnp.linalg.svd(x, full_matrices=False)
-      cand, sv = jnp.pad(cand, ((0, 0), (0, k - n))), jnp.pad(sv, (0, k - n))
+    cand, sv = _left_singular(x)
     keep = sv > tau
     u = jax.lax.dynamic_update_slice(u, cand * keep, (jnp.zeros((), int_dtype), cnt))
     s = jax.lax.dynamic_update_slice(s, jnp.where(keep, sv, 0.0), (cnt,))
@@ -277,8 +311,12 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
   cols = widths[-1] * k
   eps = jnp.finfo(coef.dtype).eps
   ranks, xs = [], []
-  gram, prev = jnp.zeros((0, 0), coef.dtype), 0
+  gram, prev, z = jnp.zeros((0, 0), coef.dtype), 0, jnp.zeros((0,), coef.dtype)
   for j, m in enumerate(widths):
+    # One width after the other: XLA could run the G independent Cholesky factorizations at once,
+    # and two batched LAPACK calls at once deadlock jax's CPU kernels on a 2-thread pool (each waits
+    # for batch tasks that the other's thread would run). The barrier makes width j wait for j - 1.
+    gram, z = jax.lax.optimization_barrier((gram, z))
     size = min(n_dir, m * k)
     block = coef[:size, prev * k:m * k]
     pad = size - gram.shape[0]
@@ -290,7 +328,7 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
     both = count[:, None] & count[None, :]
     g = jnp.where(both, g, 0.0) + jnp.diag((~count).astype(coef.dtype))
     y = jnp.where(count, coef[:size, cols + j], 0.0)
-    z = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(g), True), y)
+    z = _cholesky_solve(g, y)
     xs.append(jnp.pad(coef[:size, :m * k].T @ z, (0, cols - m * k)))
     ranks.append(jnp.sum(count).astype(jnp.int32))
   return jnp.stack(ranks), jnp.stack(xs)
