@@ -287,12 +287,13 @@ def factor_components(a: jax.Array, n_cols: int, k: int, tau, panel_cols: int = 
   return coef, s, comp
 
 
-def _lambda_max(g: jax.Array, iters: int = 30) -> jax.Array:
-  """Largest eigenvalue of a PSD matrix by power iteration (a quasi-random start)."""
-  v = jnp.sin(1.0 + 0.6180339887498949 * jnp.arange(g.shape[0], dtype=g.dtype))
+def _power_step(g: jax.Array, v: jax.Array, iters: int):
+  """(Rayleigh quotient, vector) after `iters` unrolled steps of power iteration on the PSD g from v."""
   unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(g.dtype).tiny)
-  v = jax.lax.fori_loop(0, iters, lambda _, v: unit(g @ v), unit(v))
-  return v @ (g @ v)
+  v = unit(v)
+  for _ in range(iters):
+    v = unit(g @ v)
+  return v @ (g @ v), v
 
 
 def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tuple[int, ...], k: int,
@@ -312,6 +313,7 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
   eps = jnp.finfo(coef.dtype).eps
   ranks, xs = [], []
   gram, prev, z = jnp.zeros((0, 0), coef.dtype), 0, jnp.zeros((0,), coef.dtype)
+  v = jnp.zeros((0,), coef.dtype)
   for j, m in enumerate(widths):
     # One width after the other: XLA could run the G independent Cholesky factorizations at once,
     # and two batched LAPACK calls at once deadlock jax's CPU kernels on a 2-thread pool (each waits
@@ -324,7 +326,10 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
     prev = m
     valid = comp[:size] < m
     g = jnp.where(valid[:, None] & valid[None, :], gram, 0.0)
-    count = valid & (s[:size] ** 2 > _lambda_max(g) * max(n_rows, m * k) * eps)
+    # lambda_max(J_j^T J_j) by power iteration, warm-started from the previous width's vector
+    start = jnp.sin(1.0 + 0.6180339887498949 * jnp.arange(size, dtype=coef.dtype))
+    lam, v = _power_step(g, start.at[:v.shape[0]].add(v.shape[0] ** 0.5 * v), 20 if j == 0 else 6)
+    count = valid & (s[:size] ** 2 > lam * max(n_rows, m * k) * eps)
     both = count[:, None] & count[None, :]
     g = jnp.where(both, g, 0.0) + jnp.diag((~count).astype(coef.dtype))
     y = jnp.where(count, coef[:size, cols + j], 0.0)
@@ -548,22 +553,25 @@ class LazyExact(_Linearized):
     order, k = self.spec.order, params_per_component(self.spec.parametrization, self.dim)
     p0 = self.init_params(data)
     base = p0['plus'] if self.symmetric_init else p0
-    per = [self._width_data(data, m) for m in self.widths]
-    t0s = [self.model(p0, d) for d in per]
+    ws = jnp.asarray(self.widths, data.width.dtype)
+    t0s = jax.vmap(lambda w: self.model(p0, self._width_data(data, w)))(ws)  # (G, d, ..., d)
     t_star = dense_target(data.target, order)
-    rhs = jnp.stack([to_unique(t_star - t0, order) for t0 in t0s], axis=1)  # (N, G)
+    rhs = jax.vmap(lambda t0: to_unique(t_star - t0, order), out_axes=1)(t0s)  # (N, G)
     jac = self.component_jacobian(base, data.signs)
     n, cols = jac.shape
     # Keep threshold: below every width's rank threshold (sigma_max(J_m) >= the largest column norm
     # of component 0), far above the rounding floor of a dependent column.
     tau = jnp.sqrt(max(n, k) * jnp.finfo(self.dtype).eps) * jnp.max(jnp.linalg.norm(jac[:, :k], axis=0))
-    coef, s, comp = factor_components(jnp.concatenate([jac, rhs], axis=1), cols, k, tau, self.panel_cols)
-    ranks, xs = prefix_min_norm(coef, s, comp, self.widths, k, n)
-    states = []
-    for j, d in enumerate(per):
-      delta = _from_components(xs[j] / self._scale(d), base)
-      states.append(self._finish(p0, t0s[j], delta, ranks[j], d))
-    return jax.tree.map(lambda *x: jnp.stack(x), *states)
+    # Both one seed at a time under the engine's vmap: their temporaries (J's copy, the panels'
+    # coefficients, the Gram matrices) then exist for one seed only, and their loops compile once.
+    factor = one_at_a_time(lambda a, tau: factor_components(a, cols, k, tau, self.panel_cols))
+    solve = one_at_a_time(lambda coef, s, comp: prefix_min_norm(coef, s, comp, self.widths, k, n))
+    ranks, xs = solve(*factor(jnp.concatenate([jac, rhs], axis=1), tau))
+
+    def finish(w, t0, x, rank):
+      d = self._width_data(data, w)
+      return self._finish(p0, t0, _from_components(x / self._scale(d), base), rank, d)
+    return jax.vmap(finish)(ws, t0s, xs, ranks)
 
   def _per_width(self, fn, state, data):
     """fn(state_j, data_j) for every width of the grid, stacked on a leading axis."""
