@@ -34,7 +34,7 @@ import numpy as np
 
 from overparam import config_lib
 
-LAZY_WIDTHS = tuple(int(w) for w in np.unique(np.round(np.geomspace(5, 64, 14))))
+LAZY_WIDTHS = tuple(int(w) for w in np.unique(np.round(np.geomspace(5, 200, 20))))
 RICH_WIDTHS = (2, 3, 4, 6, 8, 12, 16)
 
 
@@ -42,13 +42,13 @@ def get_config():
   c = config_lib.base_config()
   c.algorithms = ('lazy_exact', 'beyond_lazy', 'gd')
   c.order = 3
-  c.dims = (6, 8, 12, 16)
+  c.dims = (6, 8, 12, 16, 24, 32)
   c.rank = 3
   c.target.kind = 'random_unit'
   c.widths = RICH_WIDTHS
   c.algorithm_widths.lazy_exact = LAZY_WIDTHS
   c.algorithm_widths.lazy = LAZY_WIDTHS
-  c.num_seeds = 8
+  c.num_seeds = 4
   c.steps = 4000
   c.chunk_steps = 500
   c.parametrization = 'cp'

@@ -255,10 +255,11 @@ def factor_components(a: jax.Array, n_cols: int, k: int, tau, panel_cols: int = 
   """Rank-revealing block Gram-Schmidt of the first n_cols columns of `a`, k columns per component.
 
   a (N, n_cols + e): J in component order, then e right-hand sides (carried along, not factored).
-  Block modified Gram-Schmidt, right-looking over panels of ~panel_cols columns: each panel is
-  factored by _block_gs (directions with singular value > tau), then its directions are projected
-  out of every later column. Returns, with S = min(N, n_cols) and the directions compacted in
-  component order:
+  Block modified Gram-Schmidt, right-looking over panels of ~panel_cols columns (a lax.scan: one
+  compiled panel step; the trailing update runs over every column, masked, so its shapes are
+  static): each panel is factored by _block_gs (directions with singular value > tau), then its
+  directions are projected out of every later column. Returns, with S = min(N, n_cols) and the
+  directions compacted in component order:
     coef (S, n_cols + e)  coefficients of every column on the directions (a = Q coef, Q never
                           formed); a direction of component i has coefficient 0 on the columns of
                           components < i (exactly: what GS dropped there is below tau)
@@ -268,32 +269,28 @@ def factor_components(a: jax.Array, n_cols: int, k: int, tau, panel_cols: int = 
   """
   n, total = a.shape
   m = n_cols // k
-  step = max(1, panel_cols // k)
-  rows, svals, comps = [], [], []
-  for c0 in range(0, m, step):
-    lo, hi = c0 * k, min(c0 + step, m) * k
-    u, s, comp = _block_gs(a[:, lo:hi], k, c0, tau)
-    coef = u.T @ a[:, lo:]
-    if hi < total:
-      a = a.at[:, hi:].add(-(u @ coef[:, hi - lo:]))
-    rows.append(jnp.pad(coef, ((0, 0), (lo, 0))))
-    svals.append(s)
-    comps.append(comp)
-  comp = jnp.concatenate(comps)
+  step = max(1, min(panel_cols // k, m))  # components per panel
+  n_pan = -(-m // step)
+  w = step * k
+  # zero columns pad the last panel (a zero block has no direction)
+  a = jnp.concatenate([a[:, :n_cols], jnp.zeros((n, n_pan * w - n_cols), a.dtype), a[:, n_cols:]], axis=1)
+  col = jnp.arange(a.shape[1])
+
+  def panel(a, p):
+    lo = p * w
+    u, s, comp = _block_gs(jax.lax.dynamic_slice_in_dim(a, lo, w, axis=1), k, p * step, tau)
+    coef = jnp.where(col >= lo, u.T @ a, 0.0)
+    return a - u @ jnp.where(col >= lo + w, coef, 0.0), (coef, s, comp)
+
+  _, (coef, s, comp) = jax.lax.scan(panel, a, jnp.arange(n_pan))
+  coef = coef.reshape(n_pan * w, -1)
+  coef = jnp.concatenate([coef[:, :n_cols], coef[:, n_pan * w:]], axis=1)
+  s, comp = s.reshape(-1), comp.reshape(-1)
   order = jnp.argsort(comp, stable=True)[:min(n, n_cols)]
-  coef, s, comp = jnp.concatenate(rows)[order], jnp.concatenate(svals)[order], comp[order]
+  coef, s, comp = coef[order], s[order], comp[order]
   col_comp = jnp.arange(total) // k
   coef = jnp.where((comp[:, None] <= col_comp[None, :]) | (col_comp[None, :] >= m), coef, 0.0)
   return coef, s, comp
-
-
-def _power_step(g: jax.Array, v: jax.Array, iters: int):
-  """(Rayleigh quotient, vector) after `iters` unrolled steps of power iteration on the PSD g from v."""
-  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x), jnp.finfo(g.dtype).tiny)
-  v = unit(v)
-  for _ in range(iters):
-    v = unit(g @ v)
-  return v @ (g @ v), v
 
 
 def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tuple[int, ...], k: int,
@@ -302,18 +299,19 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
   J_j = J[:, :m_j k] and the min-norm least-squares solution x_j = J_j^+ b_j (zero beyond m_j k).
 
   coef, s, comp: factor_components of [J, b_1 .. b_G] (J of n_rows rows, M = widths[-1]). In the
-  directions' coordinates J_j = Q_j C_j, so x_j = C_j^T (C_j C_j^T)^{-1} Q_j^T b_j; C_j C_j^T is
-  accumulated over the grid (each column enters once) and solved by Cholesky. The rank is
-  min_norm_solve's: a direction counts when s^2 > lambda_max(J_j^T J_j) max(N, m_j k) eps (the
-  same threshold on the singular values that GS exposes; equal to the Gram eigenvalue count
-  whenever no singular value of J_j lies near the threshold).
+  directions' coordinates J_j = Q_j C_j (Q_j: the directions of components < m_j), so
+  x_j = C_j^T (C_j C_j^T)^{-1} Q_j^T b_j; C_j C_j^T (whose eigenvalues are the squared singular
+  values of J_j) is accumulated over the grid, each column entering once, and solved by Cholesky.
+  The rank is the number of directions of components < m_j: what factor_components kept, i.e.
+  residuals above tau. It equals min_norm_solve's count (singular values above sigma_max
+  sqrt(max(N, P) eps)) whenever J_j has no singular value between the rounding floor of a dependent
+  column and that threshold (exactly dependent columns: cp's coefficient column, the
+  Alexander-Hirschowitz defects, saturation at N, all sit at the rounding floor).
   """
   n_dir = coef.shape[0]
   cols = widths[-1] * k
-  eps = jnp.finfo(coef.dtype).eps
   ranks, xs = [], []
   gram, prev, z = jnp.zeros((0, 0), coef.dtype), 0, jnp.zeros((0,), coef.dtype)
-  v = jnp.zeros((0,), coef.dtype)
   for j, m in enumerate(widths):
     # One width after the other: XLA could run the G independent Cholesky factorizations at once,
     # and two batched LAPACK calls at once deadlock jax's CPU kernels on a 2-thread pool (each waits
@@ -326,12 +324,8 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
     prev = m
     valid = comp[:size] < m
     g = jnp.where(valid[:, None] & valid[None, :], gram, 0.0)
-    # lambda_max(J_j^T J_j) by power iteration, warm-started from the previous width's vector
-    start = jnp.sin(1.0 + 0.6180339887498949 * jnp.arange(size, dtype=coef.dtype))
-    lam, v = _power_step(g, start.at[:v.shape[0]].add(v.shape[0] ** 0.5 * v), 20 if j == 0 else 6)
-    count = valid & (s[:size] ** 2 > lam * max(n_rows, m * k) * eps)
-    both = count[:, None] & count[None, :]
-    g = jnp.where(both, g, 0.0) + jnp.diag((~count).astype(coef.dtype))
+    count = valid
+    g = g + jnp.diag((~count).astype(coef.dtype))
     y = jnp.where(count, coef[:size, cols + j], 0.0)
     z = _cholesky_solve(g, y)
     xs.append(jnp.pad(coef[:size, :m * k].T @ z, (0, cols - m * k)))
@@ -559,9 +553,10 @@ class LazyExact(_Linearized):
     rhs = jax.vmap(lambda t0: to_unique(t_star - t0, order), out_axes=1)(t0s)  # (N, G)
     jac = self.component_jacobian(base, data.signs)
     n, cols = jac.shape
-    # Keep threshold: below every width's rank threshold (sigma_max(J_m) >= the largest column norm
-    # of component 0), far above the rounding floor of a dependent column.
-    tau = jnp.sqrt(max(n, k) * jnp.finfo(self.dtype).eps) * jnp.max(jnp.linalg.norm(jac[:, :k], axis=0))
+    # A direction counts when its residual exceeds sqrt(max(N, P) eps) x the largest column norm of
+    # component 0: min_norm_solve's threshold with that norm for sigma_max (<= every sigma_max(J_m)),
+    # orders of magnitude above the rounding floor of a dependent column.
+    tau = jnp.sqrt(max(n, cols) * jnp.finfo(self.dtype).eps) * jnp.max(jnp.linalg.norm(jac[:, :k], axis=0))
     # Both one seed at a time under the engine's vmap: their temporaries (J's copy, the panels'
     # coefficients, the Gram matrices) then exist for one seed only, and their loops compile once.
     factor = one_at_a_time(lambda a, tau: factor_components(a, cols, k, tau, self.panel_cols))
