@@ -94,24 +94,34 @@ def params_per_component(parametrization: str, dim: int) -> int:
   return dim + 1 if parametrization == 'cp' else dim
 
 
-def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str, dtype_bytes: int,
-                        widths: Tuple[int, ...] = ()) -> int:
-  """Peak bytes of one lazy_exact run, with a 2x margin.
+def exact_bytes_per_run(order: int, dim: int, bucket: int, parametrization: str, dtype_bytes: int) -> int:
+  """Peak bytes of one run of the per-width path (widths = ()), with a 2x margin.
 
-  Per-width path (widths = ()): J is N x P (N = C(d+l-1, l), P = bucket * params per component);
-  with its forward-mode construction, the Gram matrix (min(N, P)^2 <= N P), its eigenvectors and
-  LAPACK workspace, XLA's peak measured 2.6 N P words per run on CPU (l = 3, d = 24, bucket 128, 4
-  runs vmapped); 5 N P.
-  Grid path (a run = one seed, all G widths): J and its copy in the factorization (2 N P), the
-  panels' coefficients, their compacted copy and the masked one (3 P^2, P + G columns), the Gram
-  matrices of prefix_min_norm (3 S^2, S = min(N, P)), and G dense models; doubled.
+  J is N x P (N = C(d+l-1, l), P = bucket * params per component); with its forward-mode
+  construction, the Gram matrix (min(N, P)^2 <= N P), its eigenvectors and LAPACK workspace, XLA's
+  peak measured 2.6 N P words per run on CPU (l = 3, d = 24, bucket 128, 4 runs vmapped); 5 N P.
   """
   n = sym_dim(dim, order)
   p = bucket * params_per_component(parametrization, dim)
-  if not widths:
-    return dtype_bytes * (5 * n * p + 4 * dim ** order)
+  return dtype_bytes * (5 * n * p + 4 * dim ** order)
+
+
+def exact_program_bytes(order: int, dim: int, parametrization: str, dtype_bytes: int, widths, runs: int) -> int:
+  """Peak bytes of one grid-path program: `runs` seeds, widths = the grid (P = max(widths) k).
+
+  Per seed (vmapped): J, its forward-mode construction, J with the G right-hand sides, and the
+  factorization's output (S = min(N, P) rows): 3 N P + S P words, plus G dense models. Once (the
+  factorization and the solves run one seed at a time): the scan's copy of J and its update
+  (2 N P), the panels' coefficients and their concatenation (2 P^2), the compacted and masked
+  coefficients (2 S P), the Gram matrices (4 S^2). No margin: at l = 3, d = 32, 1 seed this gives
+  1.5x XLA's own accounting (2.9 GB temporaries).
+  """
+  n = sym_dim(dim, order)
+  p = max(widths) * params_per_component(parametrization, dim)
   g, s = len(widths), min(n, p)
-  return dtype_bytes * 2 * (2 * n * (p + g) + 3 * p * (p + g) + 3 * s * s + 4 * g * dim ** order)
+  per_seed = 3 * n * p + s * p + 4 * g * dim ** order
+  once = 2 * n * p + 2 * p * p + 2 * s * p + 4 * s * s
+  return dtype_bytes * (runs * per_seed + once)
 
 
 # ----------------------------------------------------------------------------------------------

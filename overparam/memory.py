@@ -3,7 +3,8 @@
 A program vmaps every (width, seed) cell of one width bucket, so its peak is about runs-per-device
 x bytes-per-run. The per-run counts below are the arrays a step keeps alive (parameters and their
 copies, the loss's intermediates, the dense tensors), doubled as a margin for XLA's temporaries;
-lazy_exact's count was measured (lazy.exact_bytes_per_run). benchmarks/memory_bench.py compares
+lazy_exact's count was measured (lazy.exact_program_bytes: its runs are seeds, each solving the
+whole width grid). benchmarks/memory_bench.py compares
 these estimates with measured peak resident memory.
 """
 
@@ -59,8 +60,10 @@ def words_per_run(alg: str, c, dim: int, bucket: int, rank: int) -> int:
 def program_bytes(alg: str, c, dim: int, bucket: int, rank: int, runs: int, widths=()) -> int:
   """widths: a one-program algorithm's grid (its runs are seeds), else ()."""
   dtype_bytes = 8 if c.x64 else 4
+  if alg == 'lazy_exact' and widths:
+    return lazy.exact_program_bytes(c.order, dim, c.parametrization, dtype_bytes, widths, runs)
   if alg == 'lazy_exact':
-    per_run = lazy.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, dtype_bytes, widths)
+    per_run = lazy.exact_bytes_per_run(c.order, dim, bucket, c.parametrization, dtype_bytes)
   else:
     per_run = MARGIN * dtype_bytes * words_per_run(alg, c, dim, bucket, rank)
   return runs * per_run

@@ -376,11 +376,11 @@ def test_memory_refusal_before_anything_is_written(tmp_path):
   with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2, 9\] \(2 runs per device, J of 20 x 45 '):
     experiments.run(c, str(tmp_path / 'wd'))
   assert not os.path.exists(tmp_path / 'wd')
-  need = lazy.exact_bytes_per_run(3, 4, 9, 'cp', 8, (2, 9))
-  assert need >= 8 * (2 * 20 * 45 + 45 * 45)  # J and its copy, the panels' coefficients
-  c.memory_gb = 2 * need / 2 ** 30  # two seeds
+  need = lazy.exact_program_bytes(3, 4, 'cp', 8, (2, 9), 2)  # two seeds
+  assert need >= 8 * 2 * (2 * 20 * 45 + 45 * 45)  # J and its copy, the panels' coefficients, per seed
+  c.memory_gb = need / 2 ** 30
   memory.check(c)
-  c.memory_gb = 0.99 * 2 * need / 2 ** 30
+  c.memory_gb = 0.99 * need / 2 ** 30
   with pytest.raises(ConfigError, match=r'widths \[2, 9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per run'):
     memory.check(c)
 
