@@ -30,12 +30,12 @@ from overparam import config_lib
 
 def get_config():
   c = config_lib.base_config()
-  c.algorithms = ('lazy_exact', 'lazy')
+  c.algorithms = ('lazy_exact',)
   c.order = 3
-  c.dims = (4, 6, 8, 12, 16, 20, 24)
+  c.dims = (4, 6, 8, 12, 16, 20, 24, 28, 32)
   c.rank = 3
   # A geometric grid (ratio ~1.2) covering the thresholds; m* is resolved to this grid.
-  c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 128, 20))))
+  c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 200, 22))))
   c.num_seeds = 4
   c.target.kind = 'random_unit'
   c.parametrization = 'cp'

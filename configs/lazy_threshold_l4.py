@@ -22,6 +22,7 @@ from configs import lazy_threshold
 def get_config():
   c = lazy_threshold.get_config()
   c.order = 4
-  c.dims = (3, 4, 5, 6, 7, 8, 9, 10)
-  c.widths = tuple(int(w) for w in np.unique(np.round(np.geomspace(4, 96, 18))))
+  c.dims = (3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16)
+  # geometric (ratio ~1.2) plus the Alexander-Hirschowitz widths 9 (d = 4) and 14 (d = 5)
+  c.widths = tuple(sorted(set(int(w) for w in np.round(np.geomspace(4, 280, 24))) | {9, 14}))
   return c
