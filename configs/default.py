@@ -30,7 +30,7 @@ rel_error_vs_width_<algorithm>.png per arm. Measured (docs/RESULTS.md has the ta
   beyond_lazy m*         3     3     3     3     3     3    exponent 0
   gd m*                  4     4     4     4     4     4    exponent 0
 
-Run time, measured with the command above (2 CPU cores shared with four other engineers' jobs, load
+Expected run time, measured with the command above (2 CPU cores shared with four other engineers' jobs, load
 average 3.2 .. 7.6 during the run): 10 min 46 s wall, of which lazy_exact at d = 32 was 6 min 12 s;
 the job got 0.64 of a core on average, 416 CPU-seconds in all (~3.5 minutes of wall time on 2 free
 cores). The GPU-sized version is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
