@@ -30,6 +30,7 @@ FIGURES = {
                 ('lazy_threshold_l3.png', 'lazy_threshold_l3.png')],
     'alpha_scaling': [('alpha_scaling.png', 'alpha_scaling.png')],
     'deflation': [('deflation.png', 'deflation.png')],
+    'lazy_threshold_l4': [('lazy_threshold_l4.png', 'lazy_threshold_l4.png')],
 }
 MAX_BYTES = 200 * 1024
 
