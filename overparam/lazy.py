@@ -21,9 +21,12 @@ The linearized model at the random init W0 is T_lin(W) = T(W0) + J_{W0} (W - W0)
   `lazy_exact`         the limit of that GD: the min-norm solution W* = W0 + J^+ (T* - T(W0)), whose
   (LazyExact)          model is T(W0) + the projection of T* - T(W0) onto range(J). J is written in the
                        C(d+l-1, l)-dimensional basis of unique symmetric entries (weights
-                       sqrt(multiplicity), an isometry on symmetric tensors) and solved by the
-                       eigendecomposition of its Gram matrix (min_norm_solve). Reports the
-                       numerical rank of J (`tangent_rank`, see min_norm_solve) and the
+                       sqrt(multiplicity), an isometry on symmetric tensors). The engine runs its
+                       grid path: a whole width grid per seed from one rank-revealing block
+                       Gram-Schmidt of J at the largest width (factor_components, prefix_min_norm;
+                       the inits are nested, so J_m is a column prefix of J_M). The per-width path
+                       (the eigendecomposition of the Gram matrix, min_norm_solve) is the reference
+                       in tests. Reports the numerical rank of J (`tangent_rank`) and the
                        dimension count `sym_dim` = C(d+l-1, l); the lazy threshold is whatever the rank
                        says (the count m d >= C(d+l-1, l) is only necessary: Alexander-Hirschowitz
                        defective cases have lower rank).
