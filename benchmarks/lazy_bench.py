@@ -200,10 +200,10 @@ def main_grid(quick: bool = False):
   targets = {s: experiments.make_target(c, dim, s, None) for s in seeds}
 
   def program(alg, cells, bucket):
-    """(seconds, outputs) of init + dense_model + extras on the cells, compiled beforehand."""
-    init, _, _, dense, extras = sweep.compiled(alg, 1, sharding, 0)
+    """(seconds, (state, exported, dense, extras)) of init + finish on the cells, compiled beforehand."""
+    init, _, finish = sweep.compiled(alg, 1, sharding, 0)
     g = sweep.to_global(experiments.run_data(c, cells, targets, bucket, 'dense'), sharding)
-    f = lambda: jax.block_until_ready((lambda st: (st, dense(st, g), extras(st, g)))(init(g)))
+    f = lambda: jax.block_until_ready((lambda st: (st,) + tuple(finish(st, g)))(init(g)))
     f()
     times = []
     for _ in range(3):
@@ -217,10 +217,10 @@ def main_grid(quick: bool = False):
   t_sum, ref = 0.0, {}
   for ws in sweep.bucket_widths(widths):
     cells = [(m, s) for m in ws for s in seeds]
-    t, (st, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, max(ws)), cells, max(ws))
+    t, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, max(ws)), cells, max(ws))
     t_sum += t
     ref.update({cell: (float(st.rel_err[i]), int(ex['tangent_rank'][i])) for i, cell in enumerate(cells)})
-  t_grid, (st, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, big, widths),
+  t_grid, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, big, widths),
                                 [(big, s) for s in seeds], big)
   worst_rel, rank_ok = 0.0, True
   for i, s in enumerate(seeds):

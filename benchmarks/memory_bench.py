@@ -127,7 +127,7 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
   grid = (width,) if engine == 'lazy_exact' else ()  # lazy_exact runs its grid path (runs = seeds)
   alg = experiments.build_algorithm(engine, c, dim, width, grid)
   data = abstract_run_data(c, dim, runs, width, loss, sharding)
-  init, chunk, export, dense, extras = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
+  init, chunk, finish = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
   peaks = {}
 
   def account(label, fn, *args):
@@ -139,11 +139,8 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
   account('init', init, data)
   state = jax.eval_shape(init, data)
   account('chunk', chunk, state, data)
-  outs = 0
-  for label, fn in (('export', export), ('dense_model', dense), ('extras', extras)):
-    if fn is not None:
-      account(label, fn, state, data)
-      outs += _nbytes(jax.eval_shape(fn, state, data))
+  account('finish', finish, state, data)  # export, dense_model and extras in one program
+  outs = _nbytes(jax.eval_shape(finish, state, data))
   dense_eval = engine in ('lazy', 'lazy_exact') or dim ** order <= 1 << 24
   f64 = 3 * 8 * dim ** order if dense_eval else 3 * 8 * width * dim  # finalize: one run at a time
   sweep.compiled.cache_clear()
@@ -170,12 +167,7 @@ def check_estimate(engine: str, c, dim: int, bucket: int, runs: int):
     from overparam import memory  # noqa: PLC0415
   except ImportError:
     return None
-  grid = (bucket,) if engine == 'lazy_exact' else ()
-  if grid and c.get('algorithm_widths') and c.algorithm_widths.get('lazy_exact'):
-    grid = tuple(sorted(set(int(w) for w in c.algorithm_widths.lazy_exact)))
-  elif grid and max(c.widths) == bucket:
-    grid = tuple(sorted(set(int(w) for w in c.widths)))
-  return int(memory.program_bytes(engine, c, dim, bucket, c.rank, runs, grid))
+  return int(memory.program_bytes(engine, c, dim, bucket, c.rank, runs))
 
 
 def measure(name: str, order: int, dim: int, runs: int = 1) -> int:
@@ -255,7 +247,7 @@ def largest_default_programs():
   """[(config name, algorithm, order, d, bucket widths, seeds, x64)] of each shipped config's
   largest program per algorithm (largest d, widest bucket)."""
   import importlib.util  # noqa: PLC0415
-  from overparam import config_lib, experiments  # noqa: PLC0415
+  from overparam import config_lib, registry  # noqa: PLC0415
   out = []
   cdir = os.path.join(common.ROOT, 'configs')
   for fname in sorted(os.listdir(cdir)):
@@ -273,7 +265,7 @@ def largest_default_programs():
     n_alpha = max(1, len(c.alphas))
     for alg in c.algorithms:
       widths = config_lib.widths_of(c, alg) if hasattr(config_lib, 'widths_of') else c.widths
-      top = experiments.program_widths(alg, widths)[-1]  # lazy_exact: its whole grid
+      top = registry.get(alg).width_groups(widths)[-1]  # lazy_exact (one_program): its whole grid
       out.append((fname, alg, c.order, max(c.dims), tuple(top), c.num_seeds, bool(c.x64), max(ranks),
                   n_alpha if alg == 'gd' else 1, c))
   return out
@@ -283,11 +275,11 @@ def default_program_bytes(entry) -> dict:
   """Model terms of one shipped config's largest program (its real widths, seeds, rank, dtype)."""
   import jax  # noqa: PLC0415
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import config_lib, experiments, sweep  # noqa: PLC0415
+  from overparam import config_lib, experiments, registry, sweep  # noqa: PLC0415
   fname, alg_name, order, dim, top, seeds, x64, rank, _, c = entry
   c = c.copy_and_resolve_references()
   c.rank = rank
-  one = experiments.is_one_program(alg_name)
+  one = registry.get(alg_name).one_program
   runs = seeds if one else len(top) * seeds  # a one-program algorithm's runs are the seeds
   bucket = max(top)
   loss = config_lib.resolve_loss(c)

@@ -17,15 +17,24 @@ rel_error = ||T - T*||_F / ||T*||_F evaluated densely in float64 (T* from the sa
   tensorly_als_r_rnd parafac(T, r, init='random', random_state=seed)
 
 TensorLy runs with OPENBLAS_NUM_THREADS=1 (see the comment at the imports: its best case here).
-Ours run as ONE program over the 16 targets (sweep.run_program, as the launcher runs them):
-time per solve = program wall time / 16, cold (compilation included) and warm (cached program);
-with --quick off, also the median over targets of a warm single-run program. TensorLy (numpy
-backend, float64) solves one target at a time: time per solve is the median.
-ratio = tensorly_als_r median time per solve / beyond_lazy cold time per solve (goal: >= 0.5,
-i.e. within 2x of ALS) -- the success rates are on the same line.
+Ours run as ONE program over the 16 targets (sweep.run_program, as the launcher runs them), each
+arm in fresh subprocesses that share one new compilation cache directory
+(JAX_COMPILATION_CACHE_DIR, enabled as launch.py enables it, overparam/compile_cache.py):
+  cold        the first process, empty cache: time per solve = program wall time / 16, tracing,
+              lowering and XLA compilation included -- a first launch;
+  warm_cache  a second process: the same, the executables read from the cache (tracing and
+              lowering still run) -- any later launch;
+  warm        the same program run again in that process (nothing compiled);
+  single      (not --quick) the median over targets of a warm single-run program.
+Each child also reports how its program wall time splits into tracing, lowering and backend
+compile (or cache read), from jax.monitoring. TensorLy (numpy backend, float64) solves one target
+at a time: time per solve is the median.
+ratio = tensorly_als_r median time per solve / beyond_lazy time per solve, cold and warm_cache
+(goal: >= 0.5, i.e. within 2x of ALS, compile included, warm cache) -- success rates on the line.
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -72,25 +81,40 @@ def rel_error(t, t_star):
   return float(np.linalg.norm(t - t_star) / np.linalg.norm(t_star))
 
 
-def solve_ours(alg_name: str, tg, single: bool):
-  """Returns (errors (16,), steps (16,), {timing name: seconds per solve})."""
+def solve_ours(alg_name: str, single: bool) -> dict:
+  """In this process (a child): errors (16,), steps (16,), {timing: seconds per solve}, compile split."""
   import jax  # noqa: PLC0415
-  from overparam import experiments, objectives, sweep  # noqa: PLC0415
+  from benchmarks.cache_bench import EVENTS, union_seconds  # noqa: PLC0415
+  from overparam import compile_cache, experiments, objectives, sweep  # noqa: PLC0415
+  compile_cache.configure()  # as launch.py does: JAX_COMPILATION_CACHE_DIR (set by the parent)
+  tg = targets()
   c = our_config(alg_name)
   cells = [(WIDTH, s) for s in sorted(tg)]
   alg = experiments.build_algorithm(alg_name, c, DIM, WIDTH)
   data = experiments.run_data(c, cells, tg, WIDTH, 'implicit')
-  sweep.compiled.cache_clear()
-  jax.clear_caches()
+  spans = {k: [] for k in EVENTS.values()}
+  per_fn = {}  # backend compile (or cache read) seconds per jitted function
+
+  def on_span(event, start, end, fun_name='?', **_):
+    if event in EVENTS:
+      spans[EVENTS[event]].append((start, end))
+      if EVENTS[event] == 'backend':
+        per_fn[fun_name] = per_fn.get(fun_name, 0.0) + end - start
+
+  jax.monitoring.register_event_time_span_listener(on_span)
   t0 = time.perf_counter()
   out = sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
-  cold = time.perf_counter() - t0
+  first = time.perf_counter() - t0
+  jax.monitoring.unregister_event_time_span_listener(on_span)
+  split = {k: union_seconds(v) for k, v in spans.items()}
+  split['compile'] = union_seconds([x for v in spans.values() for x in v])
+  split['top'] = sorted(per_fn.items(), key=lambda kv: -kv[1])[:3]
   t0 = time.perf_counter()
   sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
   warm = time.perf_counter() - t0
-  errs = np.array([objectives.rel_error_f64(out.exported[0][i], out.exported[1][i], tg[s], ORDER)
-                   for i, (_, s) in enumerate(cells)])
-  times = {'batch_cold': cold / len(cells), 'batch_warm': warm / len(cells)}
+  errs = [objectives.rel_error_f64(out.exported[0][i], out.exported[1][i], tg[s], ORDER)
+          for i, (_, s) in enumerate(cells)]
+  times = {'first': first / len(cells), 'warm': warm / len(cells)}
   if single:
     ts = []
     for k, cell in enumerate(cells):
@@ -100,8 +124,26 @@ def solve_ours(alg_name: str, tg, single: bool):
       t0 = time.perf_counter()
       sweep.run_program(alg, d1, [cell], chunk_steps=c.chunk_steps)
       ts.append(time.perf_counter() - t0)
-    times['single_warm'] = float(np.median(ts))
-  return errs, np.asarray(out.state.step), times
+    times['single'] = float(np.median(ts))
+  return {'errs': errs, 'steps': np.asarray(out.state.step).tolist(), 'times': times, 'split': split,
+          'program_s': first}
+
+
+def ours_in_subprocesses(alg_name: str, single: bool, cache_dir: str):
+  """(errors, steps, {cold, warm_cache, warm[, single]: seconds per solve}, {cold, warm_cache: split})."""
+  got = {}
+  for phase in ('cold', 'warm_cache'):
+    got[phase] = common.run_json_subprocess(
+        'benchmarks.peers_bench', ['--child', alg_name] + (['--single'] if single and phase == 'warm_cache' else []),
+        env={'JAX_COMPILATION_CACHE_DIR': cache_dir})
+  cold, wc = got['cold'], got['warm_cache']
+  assert cold['errs'] == wc['errs'], 'the cached program gave other numbers'
+  times = {'cold': cold['times']['first'], 'warm_cache': wc['times']['first'], 'warm': wc['times']['warm']}
+  if 'single' in wc['times']:
+    times['single'] = wc['times']['single']
+  split = {'cold': {**cold['split'], 'program_s': cold['program_s']},
+           'warm_cache': {**wc['split'], 'program_s': wc['program_s']}}
+  return np.array(cold['errs']), np.array(cold['steps']), times, split
 
 
 def solve_tensorly(method: str, t_stars):
@@ -129,13 +171,15 @@ def solve_tensorly(method: str, t_stars):
 
 def main(quick: bool = False):
   common.header('peers_bench', quick)
+  import tempfile  # noqa: PLC0415
   import tensorly  # noqa: PLC0415
   tg = targets()
   t_stars = [dense64(tg[s].coeffs, tg[s].factors) for s in sorted(tg)]
-  rows = []
-  for name in ('beyond_lazy', 'gd'):
-    errs, steps, times = solve_ours(name, tg, single=not quick)
-    rows.append((f'{name} m={WIDTH}', errs, times, f'steps median {int(np.median(steps))} max {int(steps.max())}'))
+  rows, splits = [], {}
+  with tempfile.TemporaryDirectory(prefix='peers_bench_cache_') as cache_dir:
+    for name in ('beyond_lazy', 'gd'):
+      errs, steps, times, splits[name] = ours_in_subprocesses(name, not quick, cache_dir)
+      rows.append((f'{name} m={WIDTH}', errs, times, f'steps median {int(np.median(steps))} max {int(steps.max())}'))
   for name in ('tensorly_power', 'tensorly_als_r', 'tensorly_als_m', 'tensorly_als_r_rnd'):
     errs, t = solve_tensorly(name, t_stars)
     rows.append((name, errs, {'median': t}, f'tensorly {tensorly.__version__}'))
@@ -143,19 +187,32 @@ def main(quick: bool = False):
   for name, errs, times, note in rows:
     tstr = ', '.join(f'{k} {v * 1e3:.1f}ms' for k, v in times.items())
     print(f'{name:<22}{np.mean(errs < SUCCESS):>8.2f}{np.median(errs):>12.1e}{np.max(errs):>10.1e}  {tstr}  ({note})')
+  print('program wall time of ours (16 targets), split (union of jax.monitoring spans):')
+  for name, by_phase in splits.items():
+    for phase, sp in by_phase.items():
+      print(f'  {name:<12}{phase:<11} program {sp["program_s"]:.3f}s: compile {sp["compile"]:.3f}s (trace '
+            f'{sp["trace"]:.3f}, lower {sp["lower"]:.3f}, backend {"compile" if phase == "cold" else "cache read"} '
+            f'{sp["backend"]:.3f}: {", ".join(f"{k} {v:.2f}" for k, v in sp["top"])}), '
+            f'rest {sp["program_s"] - sp["compile"]:.3f}s')
   ours = {r[0].split()[0]: r for r in rows}
   als = next(r for r in rows if r[0] == 'tensorly_als_r')
   t_als = als[2]['median']
   bl, gd = ours['beyond_lazy'], ours['gd']
-  ratio = t_als / bl[2]['batch_cold']
-  print(f'peers_vs_tensorly l=3 d=40 r=5 m=20 targets={N_TARGETS} success beyond_lazy={np.mean(bl[1] < SUCCESS):.2f} '
-        f'gd={np.mean(gd[1] < SUCCESS):.2f} als_r={np.mean(als[1] < SUCCESS):.2f} '
-        f'time/solve beyond_lazy={bl[2]["batch_cold"] * 1e3:.1f}ms (warm {bl[2]["batch_warm"] * 1e3:.1f}ms) '
-        f'gd={gd[2]["batch_cold"] * 1e3:.1f}ms als_r={t_als * 1e3:.1f}ms ratio={ratio:.2f}', flush=True)
-  return ratio
+  for phase, label in (('cold', 'peers_vs_tensorly'), ('warm_cache', 'peers_vs_tensorly_warm_cache')):
+    print(f'{label} l=3 d=40 r=5 m=20 targets={N_TARGETS} success beyond_lazy={np.mean(bl[1] < SUCCESS):.2f} '
+          f'gd={np.mean(gd[1] < SUCCESS):.2f} als_r={np.mean(als[1] < SUCCESS):.2f} time/solve ({phase}) '
+          f'beyond_lazy={bl[2][phase] * 1e3:.1f}ms gd={gd[2][phase] * 1e3:.1f}ms als_r={t_als * 1e3:.1f}ms '
+          f'ratio={t_als / bl[2][phase]:.2f}', flush=True)
+  return t_als / bl[2]['warm_cache']
 
 
 if __name__ == '__main__':
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true')
-  main(p.parse_args().quick)
+  p.add_argument('--child', default='', help=argparse.SUPPRESS)  # internal: solve_ours(ALG) in this process
+  p.add_argument('--single', action='store_true', help=argparse.SUPPRESS)
+  a = p.parse_args()
+  if a.child:
+    print(json.dumps(solve_ours(a.child, a.single)))
+  else:
+    main(a.quick)

@@ -17,7 +17,12 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
   beyond_lazy_capability     0.05 / max rel_error, beyond_lazy at l=4 d=10,000 r=5 m=64
   sweep_vs_one_at_a_time     one-at-a-time seconds / one-program sweep seconds (compile included)
   sweep_vs_python_loop       Python step loop seconds / one-program sweep seconds
-  peers_vs_tensorly          TensorLy ALS time per solve / beyond_lazy time per solve (compile incl.)
+  peers_vs_tensorly          TensorLy ALS time per solve / beyond_lazy time per solve (compile incl.,
+                             cold: a fresh process and an empty compilation cache)
+  peers_vs_tensorly_warm_cache  the same, beyond_lazy in a second process reading the compilation cache
+  cache_relaunch             first launch / re-launch wall of configs/default.py (quick: :quick) into a
+                             fresh workdir, jax's persistent compilation cache shared (goal >= 1.5)
+  compile_share              compile seconds (trace + lower + XLA compile) / wall of the first launch
   lazy_linearize_vs_jvp      jvp-every-step time per step / jax.linearize time per step
   lazy_exact_grid_vs_largest lazy_exact over a 14-width grid from one factorization / the largest
                              width alone by the per-width path (l=3 d=16, 4 seeds)
@@ -41,6 +46,7 @@ BENCHMARKS = (
     ('capability_bench', 'benchmarks.capability_bench', (), True),
     ('sweep_bench', 'benchmarks.sweep_bench', (), True),
     ('peers_bench', 'benchmarks.peers_bench', (), True),
+    ('cache_bench', 'benchmarks.cache_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
     ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
     ('memory_bench', 'benchmarks.memory_bench', ('--part=model',), True),

@@ -19,7 +19,7 @@ that they agree. Times include compilation; compile time is also reported on its
                the cache, as a re-launch (resume, more seeds of the same shapes) would
 
 Profile (where the sweep's time goes), per width-bucket program: compile seconds of each compiled
-function (init, chunk, export, extras; lower + compile, cold caches), warm execution seconds of
+function (init, chunk, finish = export + extras; lower + compile, cold caches), warm execution seconds of
 the chunk, the FLOPs the chunk performs (counted from the contraction sizes of the implicit loss
 and its gradient, padded bucket width B: 4 B^2 d + 4 B r d + 2 r^2 d per run-step) and the achieved
 FLOP/s, against two references measured in the same run: a 2048^2 float32 matmul and a batched
@@ -145,7 +145,7 @@ def profile(c):
     init = fns[0].lower(g).compile()
     comp['init'] = time.perf_counter() - t0
     state = init(g)
-    for name, fn in (('chunk', fns[1]), ('export', fns[2]), ('extras', fns[4])):
+    for name, fn in (('chunk', fns.chunk), ('finish', fns.finish)):
       t0 = time.perf_counter()
       compiled_fn = fn.lower(state, g).compile()
       comp[name] = time.perf_counter() - t0
@@ -208,14 +208,14 @@ def main(quick: bool = False):
   top = prof[-1]
   square, batched = matmul_references(c, top['bucket'], top['runs'])
   print(f'profile (cold compile seconds per function; warm chunk of {c.steps} steps):')
-  print(f'  {"bucket":>6} {"widths":<16}{"runs":>5}{"init":>7}{"chunk":>7}{"export":>7}{"extras":>7}'
+  print(f'  {"bucket":>6} {"widths":<16}{"runs":>5}{"init":>7}{"chunk":>7}{"finish":>7}'
         f'{"compile":>8}{"run":>7}{"GFLOP":>8}{"GFLOP/s":>9}')
   tot_c = tot_r = 0.0
   for r in prof:
     cs = sum(r['compile'].values())
     tot_c, tot_r = tot_c + cs, tot_r + r['run_s']
     print(f'  {r["bucket"]:>6} {str(r["widths"]):<16}{r["runs"]:>5}' + ''.join(f'{r["compile"][k]:>7.2f}' for k in
-          ('init', 'chunk', 'export', 'extras')) + f'{cs:>8.2f}{r["run_s"]:>7.2f}{r["flops"] / 1e9:>8.1f}'
+          ('init', 'chunk', 'finish')) + f'{cs:>8.2f}{r["run_s"]:>7.2f}{r["flops"] / 1e9:>8.1f}'
           f'{r["flops"] / r["run_s"] / 1e9:>9.1f}')
   flops = sum(r['flops'] for r in prof)
   ideal = sum(flops_per_run_step(c, m) for m in c.widths) * c.num_seeds * c.steps

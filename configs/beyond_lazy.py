@@ -19,6 +19,8 @@ fluctuates by ~0.3% at rel_error 1e-2, so at eps = 1e-2 runs that stopped "conve
 float64 rel_error a hair above eps; at 0.05 both arms are measured cleanly. A failed run mostly
 misses a whole component (rel_error ~0.5), so the threshold depends little on eps.
 
+Quick variant (`configs/beyond_lazy.py:quick`, seconds): d = 8, 32, 2 seeds, widths 3, 4, 6, 2,000 steps.
+
 Expected run time: ~5 minutes on 2 CPU cores (8 seeds; measured 2m50s with
 --config.num_seeds=4); well under a minute on one GPU.
 """
@@ -26,7 +28,8 @@ Expected run time: ~5 minutes on 2 CPU cores (8 seeds; measured 2m50s with
 from overparam import config_lib
 
 
-def get_config():
+def get_config(variant: str = ''):
+  """variant: '' (the full config) or 'quick' (a tiny version that runs in seconds)."""
   c = config_lib.base_config()
   c.algorithms = ('beyond_lazy', 'gd')
   c.order = 3
@@ -40,4 +43,8 @@ def get_config():
   c.lr = 0.05          # gd
   c.init_scale = 0.3   # gd
   c.eps = 0.05
+  if variant == 'quick':
+    c.dims, c.num_seeds, c.widths, c.steps = (8, 32), 2, (3, 4, 6), 2000
+  elif variant:
+    raise ValueError(f"configs/beyond_lazy.py: unknown variant {variant!r} (use 'quick' or none)")
   return c

@@ -13,13 +13,16 @@ m / r, one line per (arm, r); summary.json: m* per (arm, r) and the fit of m* ag
 A failure leaves an a_j unfitted (rel_error >= 1/sqrt(r) for equal weights), so eps = 0.05 only
 separates success from failure.
 
+Quick variant (`configs/local_minima.py:quick`, seconds): r = 2, 3, 4 seeds, 2,000 steps.
+
 Expected run time: ~1.5 minutes on 2 CPU cores (32 seeds; most of it compiling).
 """
 
 from overparam import config_lib
 
 
-def get_config():
+def get_config(variant: str = ''):
+  """variant: '' (the full config) or 'quick' (a tiny version that runs in seconds)."""
   c = config_lib.base_config()
   c.algorithms = ('gd', 'beyond_lazy')
   c.order = 3
@@ -34,4 +37,9 @@ def get_config():
   c.lr = 0.05
   c.init_scale = 0.3
   c.eps = 0.05
+  if variant == 'quick':
+    c.ranks, c.num_seeds, c.steps = (2, 3), 4, 2000
+    c.widths = tuple(sorted({k * r for r in c.ranks for k in (1, 2, 4, 8)}))
+  elif variant:
+    raise ValueError(f"configs/local_minima.py: unknown variant {variant!r} (use 'quick' or none)")
   return c

@@ -1,13 +1,9 @@
 """Training algorithms as pure per-run functions that the sweep engine vmaps and scans.
 
-An algorithm is a frozen (hashable) dataclass with
-  init(data)        -> RunState                     one run, unbatched
-  step(state, data) -> RunState                     one update; a finished run is frozen
-  export(state, data) -> (coeffs (K,), factors (K, d))  the learned CP tensor, K a multiple of B
-  dense_model(state, data) -> (d,)*l                 for models that are not CP tensors
-  extras(state, data) -> {name: scalar}              optional extra numbers for the results row
-  trace(state, data) -> {name: array}                optional, recorded every trace_every steps
-`data` is a RunData: everything a run needs besides its state (keys, mask, target).
+An algorithm is a frozen (hashable) dataclass subclassing `Algorithm`, the protocol the engine
+(sweep.py, experiments.py) calls; see its docstring. `data` is a RunData: everything a run needs
+besides its state (keys, mask, target). `gd` (the class GD) is registered by GD_SPEC
+(overparam/registry.py).
 
 Every step evaluates the loss it differentiates, so convergence (rel_error < eps) and
 divergence (non-finite loss) are detected at the step where they happen, inside the compiled
@@ -21,14 +17,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from overparam import metrics, objectives, tensors
+from overparam import config_lib, memory, metrics, objectives, optim, registry, tensors
 
 RUNNING, CONVERGED, DIVERGED = 0, 1, 2
 # In float32 the in-loop rel_error (the implicit loss is three O(||T*||^2) terms that cancel) is off
 # by up to ~0.3% of itself at rel_error 1e-2 against the float64 value that finalize reports; a
 # float32 run therefore stops at (1 - margin) eps so that its reported rel_error lands below eps.
 F32_STOP_MARGIN = 0.01
-OPTIMIZERS = ('sgd', 'adam')
 
 
 class RunData(NamedTuple):
@@ -57,12 +52,45 @@ class RunState(NamedTuple):
   aux: Any = ()         # algorithm-specific state
 
 
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-  if name == 'sgd':
-    return optax.sgd(lr)
-  if name == 'adam':
-    return optax.adam(lr)
-  raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {name!r}')
+class Algorithm:
+  """What the engine calls on an algorithm (one run, unbatched; the engine vmaps and scans).
+
+  steps: int                               the step budget (the engine scans ceil(steps / chunk) chunks)
+  init(data) -> RunState                   required
+  step(state, data) -> RunState            required; one update, a finished run is left unchanged
+  export(state, data) -> (coeffs (K,), factors (K, d)) or None
+                                           the learned CP tensor; K must be a multiple of the bucket B
+                                           (block k holds B components, component i real iff i < width)
+  dense_model(state, data) -> (d,)*l or None   the model tensor, for models that are not CP tensors
+  extras(state, data) -> {name: scalar}    numbers for the results row (names in the spec's row_fields)
+  trace(state, data) -> {name: array}      recorded every config.trace_every steps
+
+  The optional methods default to None / {} here; the engine skips an output that is None.
+  """
+  steps: int
+
+  def init(self, data: 'RunData') -> 'RunState':
+    raise NotImplementedError
+
+  def step(self, state: 'RunState', data: 'RunData') -> 'RunState':
+    raise NotImplementedError
+
+  def export(self, state: 'RunState', data: 'RunData') -> Optional[tuple]:
+    return None
+
+  def dense_model(self, state: 'RunState', data: 'RunData') -> Optional[jax.Array]:
+    return None
+
+  def extras(self, state: 'RunState', data: 'RunData') -> dict:
+    return {}
+
+  def trace(self, state: 'RunState', data: 'RunData') -> dict:
+    return {'rel_error': state.rel_err, 'step': state.step}
+
+
+def make_optimizer(optimizer, lr, steps: int = 1, **extra) -> optax.GradientTransformation:
+  """optimizer: an optim.Optimizer or an optax alias name (default arguments, constant lr)."""
+  return optim.as_optimizer(optimizer).make(lr, steps, **extra)
 
 
 def guarded_update(state: RunState, loss_and_aux, grads, opt, eps: float, max_steps: int,
@@ -83,7 +111,7 @@ def guarded_update(state: RunState, loss_and_aux, grads, opt, eps: float, max_st
   update = running & finite & ~converged & (state.step < max_steps)
   updates, new_opt = opt.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)
-  pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(update, a, b), new, old)
+  pick = lambda new, old: optax.tree_utils.tree_where(update, new, old)
   return state._replace(
       params=pick(new_params, state.params),
       opt_state=pick(new_opt, state.opt_state),
@@ -122,7 +150,7 @@ def linearization_gap(params, params0, data: RunData, spec: objectives.Spec, dim
     c, v = objectives.canonical(p, spec.parametrization, data.signs)
     return c * data.mask, v
 
-  delta = jax.tree.map(jnp.subtract, params, params0)
+  delta = optax.tree_utils.tree_sub(params, params0)
   if dim ** order <= dense_limit:
     dense = lambda p: tensors.dense_cp(*canon(p), order)
     t0, jd = jax.jvp(dense, (params0,), (delta,))
@@ -148,7 +176,7 @@ def alignment_trace(coeffs, factors, data: RunData, order: int):
 
 
 @dataclasses.dataclass(frozen=True)
-class GD:
+class GD(Algorithm):
   """Gradient descent (optax) on the nonlinear model, with optional alpha-scaling.
 
   Minimizes 1/(2 alpha^2) ||T(W0) + alpha (T(W) - T(W0)) - T*||^2 + reg/2 ||W||^2;
@@ -160,14 +188,14 @@ class GD:
   bucket: int
   steps: int
   lr: float
-  optimizer: str = 'sgd'
+  optimizer: Any = optim.Optimizer()  # an optim.Optimizer, or an optax alias name
   init_scale: float = 0.3
   alpha: float = 1.0
   eps: float = 1e-2
   dtype: Any = jnp.float32
 
   def _opt(self):
-    return make_optimizer(self.optimizer, self.lr)
+    return make_optimizer(self.optimizer, self.lr, self.steps)
 
   def init(self, data: RunData) -> RunState:
     p = objectives.init_params(data.init_key, self.spec.parametrization, self.bucket, self.dim,
@@ -200,3 +228,27 @@ class GD:
   def extras(self, state: RunState, data: RunData):
     return {'linearization_gap': linearization_gap(state.params, state.params0, data, self.spec, self.dim,
                                                    self.alpha)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration of gd.
+
+def build_gd(c, dim: int, bucket: int) -> GD:
+  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg)
+  return GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr, optimizer=optim.from_config(c),
+            init_scale=c.init_scale, alpha=c.alpha, eps=c.eps, dtype=config_lib.dtype_of(c))
+
+
+def gd_words_per_run(c, dim: int, bucket: int, rank: int) -> int:
+  """Parameters and their copies, optimizer state, and the loss's intermediates; the alpha model
+  has 2B terms."""
+  per_comp = memory.params_per_component(c.parametrization, dim)
+  terms = 2 * bucket if c.alpha != 1 else bucket
+  return memory.cp_model_words(c, dim, bucket, rank, per_comp=per_comp, terms=terms,
+                               loss=config_lib.resolve_loss(c))
+
+
+GD_SPEC = registry.AlgorithmSpec(
+    name='gd', build=build_gd, words_per_run=gd_words_per_run,
+    reads=('lr', 'init_scale', 'reg', 'alpha', 'parametrization', 'signs', 'loss') + optim.FIELDS,
+    row_fields=('linearization_gap',), alpha_scaled=True)

@@ -6,16 +6,22 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 
+def smallest_passing(success: Dict) -> Optional[int]:
+  """The m* rule, the one place it is written: the smallest key (a width, a sample size, ...) at which
+  at least half of the runs succeed. success: {key: [bool per seed]}; None if no key passes."""
+  for k in sorted(success):
+    ok = list(success[k])
+    if ok and 2 * sum(ok) >= len(ok):
+      return int(k)
+  return None
+
+
 def m_star(rows: Sequence[Dict], eps: float) -> Optional[int]:
   """Smallest width at which at least half the seeds reach rel_error < eps (diverged = failed)."""
   by_width = collections.defaultdict(list)
   for r in rows:
     by_width[r['width']].append(r['rel_error'] is not None and r['rel_error'] < eps)
-  for w in sorted(by_width):
-    ok = by_width[w]
-    if 2 * sum(ok) >= len(ok):
-      return int(w)
-  return None
+  return smallest_passing(by_width)
 
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Optional[Dict]:
@@ -32,25 +38,42 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Optional[Dict]:
   return {'exponent': float(a), 'stderr': se, 'prefactor': float(np.exp(b)), 'points': int(x.size)}
 
 
-def _alpha_key(alpha):
-  """Sort key for an optional alpha (None first)."""
-  return (alpha is not None, alpha or 0.0)
+def _value_key(v):
+  """Sort key for an optional number (None first)."""
+  return (v is not None, v or 0.0)
 
 
-def _with_alpha(entry: Dict, alpha) -> Dict:
+def extra_of(r: Dict) -> tuple:
+  """The cell-axis values of a row or entry besides algorithm, order, dim, rank: (alpha, ((field,
+  value), ...) of the fields in r['axes'] (config.axes))."""
+  return (r.get('alpha'), tuple((k, r.get(k)) for k in r.get('axes') or ()))
+
+
+def _extra_key(extra):
+  alpha, axes = extra
+  return (_value_key(alpha), tuple((k, _value_key(v)) for k, v in axes))
+
+
+def _with_extra(entry: Dict, extra) -> Dict:
+  """Adds alpha (when not None) and each config.axes value (and `axes`, their names) to an entry."""
+  alpha, axes = extra
   if alpha is not None:
     entry['alpha'] = alpha
+  if axes:
+    entry.update(dict(axes))
+    entry['axes'] = [k for k, _ in axes]
   return entry
 
 
 def thresholds(rows: Sequence[Dict], eps: float) -> List[Dict]:
-  """m* per (algorithm, order, dim, rank[, alpha]); entries carry alpha when the rows do (gd)."""
+  """m* per (algorithm, order, dim, rank[, alpha][, config.axes values]); entries carry alpha when
+  the rows do (alpha-scaled algorithms) and each value of config.axes."""
   groups = collections.defaultdict(list)
   for r in rows:
-    groups[(r['algorithm'], r['order'], r['dim'], r['rank'], r.get('alpha'))].append(r)
-  keys = sorted(groups, key=lambda g: (g[:4], _alpha_key(g[4])))
-  return [_with_alpha({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'm_star': m_star(groups[(a, o, d, k, al)], eps)}, al)
-          for (a, o, d, k, al) in keys]
+    groups[(r['algorithm'], r['order'], r['dim'], r['rank'], extra_of(r))].append(r)
+  keys = sorted(groups, key=lambda g: (g[:4], _extra_key(g[4])))
+  return [_with_extra({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'm_star': m_star(groups[(a, o, d, k, ex)], eps)}, ex)
+          for (a, o, d, k, ex) in keys]
 
 
 def rank_m_star(rows: Sequence[Dict]) -> Optional[int]:
@@ -58,10 +81,7 @@ def rank_m_star(rows: Sequence[Dict]) -> Optional[int]:
   by_width = collections.defaultdict(list)
   for r in rows:
     by_width[r['width']].append(r['tangent_rank'] >= r['sym_dim'])
-  for w in sorted(by_width):
-    if 2 * sum(by_width[w]) >= len(by_width[w]):
-      return int(w)
-  return None
+  return smallest_passing(by_width)
 
 
 def tangent_rank_thresholds(rows: Sequence[Dict]) -> List[Dict]:
@@ -71,10 +91,10 @@ def tangent_rank_thresholds(rows: Sequence[Dict]) -> List[Dict]:
   groups = collections.defaultdict(list)
   for r in rows:
     if r.get('tangent_rank') is not None and r.get('sym_dim') is not None:
-      groups[(r['algorithm'], r['order'], r['dim'], r['rank'])].append(r)
-  return [{'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'rank_m_star': rank_m_star(g),
-           'sym_dim': int(g[0]['sym_dim']), 'dimension_count': g[0]['sym_dim'] / d}
-          for (a, o, d, k), g in sorted(groups.items())]
+      groups[(r['algorithm'], r['order'], r['dim'], r['rank'], extra_of(r))].append(r)
+  return [_with_extra({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'rank_m_star': rank_m_star(g),
+                       'sym_dim': int(g[0]['sym_dim']), 'dimension_count': g[0]['sym_dim'] / d}, ex)
+          for (a, o, d, k, ex), g in sorted(groups.items(), key=lambda kv: (kv[0][:4], _extra_key(kv[0][4])))]
 
 
 def exponents(ths: Sequence[Dict], quantity: str = 'm_star') -> List[Dict]:
@@ -83,14 +103,14 @@ def exponents(ths: Sequence[Dict], quantity: str = 'm_star') -> List[Dict]:
   groups = collections.defaultdict(list)
   for t in ths:
     if t.get(quantity) is not None:
-      groups[(t['algorithm'], t['order'], t['rank'], t.get('alpha'))].append((t['dim'], t[quantity]))
+      groups[(t['algorithm'], t['order'], t['rank'], extra_of(t))].append((t['dim'], t[quantity]))
   out = []
-  for (a, o, k, al) in sorted(groups, key=lambda g: (g[:3], _alpha_key(g[3]))):
-    pts = groups[(a, o, k, al)]
+  for (a, o, k, ex) in sorted(groups, key=lambda g: (g[:3], _extra_key(g[3]))):
+    pts = groups[(a, o, k, ex)]
     fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
     if fit is not None:
-      out.append(_with_alpha({'algorithm': a, 'order': o, 'rank': k, 'quantity': quantity, 'versus': 'dim',
-                              **fit}, al))
+      out.append(_with_extra({'algorithm': a, 'order': o, 'rank': k, 'quantity': quantity, 'versus': 'dim',
+                              **fit}, ex))
   return out
 
 
@@ -100,14 +120,14 @@ def rank_exponents(ths: Sequence[Dict]) -> List[Dict]:
   groups = collections.defaultdict(list)
   for t in ths:
     if t.get('m_star') is not None:
-      groups[(t['algorithm'], t['order'], t['dim'], t.get('alpha'))].append((t['rank'], t['m_star']))
+      groups[(t['algorithm'], t['order'], t['dim'], extra_of(t))].append((t['rank'], t['m_star']))
   out = []
-  for (a, o, d, al) in sorted(groups, key=lambda g: (g[:3], _alpha_key(g[3]))):
-    pts = groups[(a, o, d, al)]
+  for (a, o, d, ex) in sorted(groups, key=lambda g: (g[:3], _extra_key(g[3]))):
+    pts = groups[(a, o, d, ex)]
     fit = fit_power_law([p[0] for p in pts], [p[1] for p in pts])
     if fit is not None:
-      out.append(_with_alpha({'algorithm': a, 'order': o, 'dim': d, 'quantity': 'm_star', 'versus': 'rank',
-                              **fit}, al))
+      out.append(_with_extra({'algorithm': a, 'order': o, 'dim': d, 'quantity': 'm_star', 'versus': 'rank',
+                              **fit}, ex))
   return out
 
 
@@ -137,21 +157,21 @@ def seed_thresholds(rows: Sequence[Dict], eps: float) -> List[Dict]:
   Their spread across seeds is the error bar of m* in the figures."""
   groups = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
-    key = (r['algorithm'], r['order'], r['dim'], r['rank'], r.get('alpha'))
+    key = (r['algorithm'], r['order'], r['dim'], r['rank'], extra_of(r))
     groups[key][r['seed']].append((r['width'], r['rel_error'] is not None and r['rel_error'] < eps))
   out = []
-  for key in sorted(groups, key=lambda g: (g[:4], _alpha_key(g[4]))):
+  for key in sorted(groups, key=lambda g: (g[:4], _extra_key(g[4]))):
     per_seed = {s: min((w for w, ok in cells if ok), default=None) for s, cells in sorted(groups[key].items())}
-    a, o, d, k, al = key
-    out.append(_with_alpha({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'seed_m_star': per_seed}, al))
+    a, o, d, k, ex = key
+    out.append(_with_extra({'algorithm': a, 'order': o, 'dim': d, 'rank': k, 'seed_m_star': per_seed}, ex))
   return out
 
 
 def _success_table(rows: Sequence[Dict], eps: float):
-  """{(algorithm, order, rank, alpha): {dim: (widths (W,), seeds (S,), success (W, S) bool)}}."""
+  """{(algorithm, order, rank, extra_of): {dim: (widths (W,), seeds (S,), success (W, S) bool)}}."""
   cells = collections.defaultdict(dict)
   for r in rows:
-    cells[(r['algorithm'], r['order'], r['rank'], r.get('alpha'), r['dim'])][(r['width'], r['seed'])] = (
+    cells[(r['algorithm'], r['order'], r['rank'], extra_of(r), r['dim'])][(r['width'], r['seed'])] = (
         r['rel_error'] is not None and r['rel_error'] < eps)
   out = collections.defaultdict(dict)
   for (a, o, k, al, d), c in cells.items():
@@ -166,14 +186,14 @@ def bootstrap_exponents(rows: Sequence[Dict], eps: float, samples: int = 1000, s
                         level: float = 0.9) -> List[Dict]:
   """Uncertainty of the fitted exponent of m* versus d, by bootstrap over seeds.
 
-  Per (algorithm, order, rank[, alpha]): draw the seeds with replacement (the same draw for every d:
+  Per (algorithm, order, rank[, alpha][, config.axes values]): draw the seeds with replacement (the same draw for every d:
   seed s is one target per d), recompute m* at every d with the half-the-seeds rule, refit the power
   law over the d where m* exists (at least two), `samples` times. Returns the point fit (all seeds),
   the bootstrap standard deviation, the central `level` interval, and how many draws gave a fit.
   """
   rng = np.random.default_rng(seed)
   out = []
-  for key, by_dim in sorted(_success_table(rows, eps).items(), key=lambda kv: (kv[0][:3], _alpha_key(kv[0][3]))):
+  for key, by_dim in sorted(_success_table(rows, eps).items(), key=lambda kv: (kv[0][:3], _extra_key(kv[0][3]))):
     dims = sorted(by_dim)
     seeds = sorted({s for d in dims for s in by_dim[d][1]})
     if len(dims) < 2 or any(by_dim[d][1] != seeds for d in dims):
@@ -198,19 +218,18 @@ def bootstrap_exponents(rows: Sequence[Dict], eps: float, samples: int = 1000, s
       continue
     exps = np.asarray(exps)
     lo, hi = np.quantile(exps, [(1 - level) / 2, (1 + level) / 2])
-    a, o, k, al = key
-    out.append(_with_alpha({'algorithm': a, 'order': o, 'rank': k, 'quantity': 'm_star', 'versus': 'dim',
+    a, o, k, ex = key
+    out.append(_with_extra({'algorithm': a, 'order': o, 'rank': k, 'quantity': 'm_star', 'versus': 'dim',
                             'exponent': point['exponent'], 'bootstrap_std': float(exps.std()),
                             'interval': [float(lo), float(hi)], 'level': level, 'samples': samples,
-                            'fitted_samples': int(exps.size), 'seeds': len(seeds)}, al))
+                            'fitted_samples': int(exps.size), 'seeds': len(seeds)}, ex))
   return out
 
 
 def m_star_from(table) -> Optional[int]:
   """m* from one entry of _success_table (widths, seeds, success)."""
   widths, _, ok = table
-  hit = 2 * ok.sum(axis=1) >= ok.shape[1]
-  return int(widths[np.argmax(hit)]) if hit.any() else None
+  return smallest_passing({w: ok[i] for i, w in enumerate(widths)})
 
 
 def summarize(rows: Sequence[Dict], eps: float) -> Dict:

@@ -38,8 +38,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from overparam import algorithms, objectives, tensors
+from overparam import algorithms, config_lib, memory, objectives, optim, registry, tensors
 from overparam.algorithms import RunData, RunState
+from overparam.errors import ConfigError
+
+# Defaults of config.beyond_lazy (how they were chosen: README.md, section "Beyond lazy"). It trains
+# on T* / ||T*||_F, so these are dimensionless; lr is its own step size (config.lr is plain gd's).
+DEFAULTS = dict(lr=0.2, init_scale=1e-3, reinit_threshold=1e-2, epoch_length=100, epoch_growth=1.5, reg=1e-4)
 
 
 class Aux(NamedTuple):
@@ -67,7 +72,7 @@ def normalized_target(target: tensors.Target, scale) -> tensors.Target:
 
 
 @dataclasses.dataclass(frozen=True)
-class BeyondLazy:
+class BeyondLazy(algorithms.Algorithm):
   """Algorithm 1 of the paper as a per-run algorithm of the sweep engine (see module docstring).
 
   spec must use the homogeneous parametrization; spec.reg is the regularizer (normalized units).
@@ -77,7 +82,7 @@ class BeyondLazy:
   bucket: int
   steps: int
   lr: float
-  optimizer: str = 'sgd'
+  optimizer: Any = optim.Optimizer()  # an optim.Optimizer, or an optax alias name
   init_scale: float = 1e-3
   reinit_threshold: float = 1e-2
   epoch_length: int = 100
@@ -90,7 +95,7 @@ class BeyondLazy:
       raise ValueError(f'beyond_lazy needs the homogeneous parametrization, got {self.spec.parametrization!r}')
 
   def _opt(self):
-    return algorithms.make_optimizer(self.optimizer, self.lr)
+    return algorithms.make_optimizer(self.optimizer, self.lr, self.steps)
 
   def _scale(self, data: RunData):
     return jnp.sqrt(data.target_sq).astype(self.dtype)
@@ -179,3 +184,36 @@ class BeyondLazy:
     if data.target.factors is not None:
       out.update(algorithms.alignment_trace(*self.export(state, data), data, self.spec.order))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration.
+
+def validate(c):
+  b = c.beyond_lazy
+  config_lib.check_finite('beyond_lazy.lr', b.lr, 0.0, True)
+  config_lib.check_finite('beyond_lazy.init_scale', b.init_scale, 0.0, True)
+  config_lib.check_finite('beyond_lazy.reinit_threshold', b.reinit_threshold, 0.0)
+  if not config_lib.is_int(b.epoch_length) or b.epoch_length < 1:
+    raise ConfigError(f'config.beyond_lazy.epoch_length must be an integer >= 1, got {b.epoch_length!r}')
+  config_lib.check_finite('beyond_lazy.epoch_growth', b.epoch_growth, 1.0)
+  config_lib.check_finite('beyond_lazy.reg', b.reg, 0.0)
+
+
+def build(c, dim: int, bucket: int) -> BeyondLazy:
+  b = c.beyond_lazy
+  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg)
+  return BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr, optimizer=optim.from_config(c),
+                    init_scale=b.init_scale, reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
+                    epoch_growth=b.epoch_growth, eps=c.eps, dtype=config_lib.dtype_of(c))
+
+
+def words_per_run(c, dim: int, bucket: int, rank: int) -> int:
+  """GD on the homogeneous model (d parameters per component) plus the (B, d) re-draw buffer."""
+  return bucket * dim + memory.cp_model_words(c, dim, bucket, rank, per_comp=dim, terms=bucket,
+                                              loss=config_lib.resolve_loss(c))
+
+
+SPEC = registry.AlgorithmSpec(
+    name='beyond_lazy', build=build, defaults=DEFAULTS, validate=validate, words_per_run=words_per_run,
+    reads=('signs', 'loss') + optim.FIELDS, row_fields=('epochs', 'reinitialized'), scale_free=True)

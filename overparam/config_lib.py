@@ -4,36 +4,59 @@ Validation runs before any computation and raises ConfigError with a one-line me
 the field and the accepted range; the launcher prints it as `error: ...`.
 """
 
+import ast
+import itertools
 import math
 import numbers
+from typing import Dict, List, Tuple
 
+import jax.numpy as jnp
+from absl import logging
 import ml_collections
 
-from overparam import algorithms, objectives, tensors
+from overparam import objectives, optim, registry, tensors
 from overparam.errors import ConfigError
 
-ALGORITHMS = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact')
 LOSSES = ('auto',) + objectives.LOSSES
 SIGNS = ('positive', 'balanced')
+# Numeric fields that cannot be cell axes, and why.
+NOT_AXES = {
+    'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
+    'num_seeds': 'seeds are an axis of every sweep', 'seed': 'seeds are an axis of every sweep',
+    'eps': 'it defines m* for the whole summary; run one sweep per eps',
+    'steps': 'rows use `steps` for the steps a run took; run one sweep per budget',
+    'chunk_steps': 'it does not change results', 'trace_every': 'it does not change results',
+    'checkpoint_every_s': 'it does not change results', 'memory_gb': 'it does not change results',
+}
 
 
-# Defaults of config.beyond_lazy (how they were chosen: README.md, section "Beyond lazy").
-BEYOND_LAZY_DEFAULTS = dict(lr=0.2, init_scale=1e-3, reinit_threshold=1e-2, epoch_length=100,
-                            epoch_growth=1.5, reg=1e-4)
+def __getattr__(name):
+  if name == 'ALGORITHMS':  # config_lib.ALGORITHMS: every registered algorithm (registry.names())
+    return registry.names()
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field the launcher understands, with neutral defaults; configs override what they need."""
+  """Every field the launcher understands, with neutral defaults; configs override what they need.
+
+  The sub-dicts of the algorithms (config.beyond_lazy, config.lazy, ...) come from their registry
+  entries (registry.AlgorithmSpec.defaults).
+  """
   c = ml_collections.ConfigDict()
   c.algorithms = ('gd',)
   c.order = 3
   c.dims = (10,)
   c.rank = 3
   c.ranks = ()  # a sweep over r: one cell per value (rows carry rank; m* is fitted against r); () = (rank,)
+  # Cell axes over any numeric field, each 'field=v1,v2,...' (dotted for nested fields), e.g.
+  # ('lr=0.01,0.1', 'beyond_lazy.init_scale=1e-3,1e-2'): one cell per combination of values; rows carry
+  # each value under the field's name. config.ranks and config.alphas are spellings of 'rank=...' and
+  # 'alpha=...'.
+  c.axes = ()
   c.widths = (3, 6, 12)
   # Per-algorithm width grids; () = config.widths. The algorithms of one config share targets, seeds
   # and T*, but the lazy arms need m ~ d^{l-1} while gd and beyond_lazy need a few times r.
-  c.algorithm_widths = ml_collections.ConfigDict({a: () for a in ALGORITHMS})
+  c.algorithm_widths = ml_collections.ConfigDict({a: () for a in registry.names()})
   c.num_seeds = 4
   c.seed = 0
   c.target = ml_collections.ConfigDict(
@@ -43,7 +66,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = 'auto'
   c.steps = 2000
   c.lr = 0.05
+  # Any optax optimizer taking a learning rate (optim.optimizer_names()), its other arguments (a dict:
+  # --config.optimizer_kwargs='{"weight_decay": 0.01}'), and a step-size schedule (optim.SCHEDULES)
+  # with its arguments; for every algorithm with a step size (gd, beyond_lazy, lazy).
   c.optimizer = 'sgd'
+  c.optimizer_kwargs = ml_collections.ConfigDict()
+  c.schedule = 'constant'
+  c.schedule_kwargs = ml_collections.ConfigDict()
   c.init_scale = 0.3
   c.reg = 0.0
   c.alpha = 1.0
@@ -56,16 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_s = 60.0
   c.distributed = False
   c.memory_gb = 0.0  # memory one device may use (0: detect); every program is checked against it
-  # Lazy (NTK) regime: `lazy` (GD on the jax.linearize model) and `lazy_exact` (the projection).
-  # symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
-  # lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with optax sgd
-  # momentum `momentum` (0: plain GD). See overparam/lazy.py.
-  c.lazy = ml_collections.ConfigDict(dict(symmetric_init=False, ntk_scaling=False, lr_scale=1.0,
-                                          momentum=0.0, power_iters=100))
-  # The paper's beyond-lazy variant of GD (overparam/beyond_lazy.py): 2-homogeneous, small init,
-  # re-initialization of small components at epoch starts, growing epochs. It trains on
-  # T* / ||T*||_F, so these are dimensionless; lr is its own step size (config.lr is plain gd's).
-  c.beyond_lazy = ml_collections.ConfigDict(BEYOND_LAZY_DEFAULTS)
+  # One sub-dict per algorithm that declares defaults (config.lazy: overparam/lazy.py;
+  # config.beyond_lazy: overparam/beyond_lazy.py).
+  for spec in registry.specs():
+    if spec.defaults is not None:
+      c[spec.name] = ml_collections.ConfigDict(dict(spec.defaults))
   return c
 
 
@@ -89,38 +113,130 @@ def _finite(name, x, lo=None, lo_open=False, hi=None, hi_open=False):
     raise ConfigError(f'config.{name} must be {rng}, got {x!r}')
 
 
+# For the validators of the algorithm modules.
+is_int = _is_int
+check_finite = _finite
+
+
 def _choice(name, x, allowed):
   if x not in allowed:
     raise ConfigError(f'config.{name} must be one of {", ".join(allowed)}, got {x!r}')
 
 
-def validate(c: ml_collections.ConfigDict):
-  """Raises ConfigError for the first field out of range."""
+INT32_MAX = 2 ** 31 - 1
+UINT32_MAX = 2 ** 32 - 1  # seeds are uint32 PRNG keys: a larger seed would alias a smaller one
+
+# The accepted range of every base field (README quotes this table). Algorithm sub-configs
+# (config.beyond_lazy, config.lazy) are validated by their own validators below.
+BASE_FIELD_RANGES = {
+    'algorithms': 'non-empty tuple of distinct registered algorithm names (gd, beyond_lazy, lazy, lazy_exact, ...)',
+    'order': 'integer >= 2',
+    'dims': 'non-empty tuple of distinct integers >= 1',
+    'rank': 'integer >= 1 (equal to len(target.weights) when weights are set)',
+    'ranks': 'tuple of distinct integers >= 1; () = (rank,); empty with target.weights or target.kind=file',
+    'widths': 'non-empty tuple of distinct integers >= 1',
+    'algorithm_widths.NAME': '() or a tuple of distinct integers >= 1 (the grid of NAME when it runs)',
+    'num_seeds': f'integer >= 1, with seed + num_seeds - 1 <= {UINT32_MAX}',
+    'seed': f'integer in [0, {UINT32_MAX}] (uint32 PRNG keys)',
+    'target.kind': ', '.join(tensors.TARGET_KINDS),
+    'target.weights': '() or rank finite numbers, not all 0; only for target.kind != file',
+    'target.noise': 'finite number >= 0',
+    'target.coherence': 'number in [0, 1); set only for target.kind=coherent',
+    'target.path': "a .npy or .npz file; set only for target.kind=file ('' otherwise)",
+    'parametrization': ', '.join(objectives.PARAMETRIZATIONS) + '; unused (keep the default) with only beyond_lazy',
+    'signs': ', '.join(SIGNS),
+    'loss': ', '.join(LOSSES) + '; implicit needs a factored target',
+    'steps': f'integer in [1, {INT32_MAX}]',
+    'lr': 'finite number > 0; used by gd only',
+    'optimizer': 'an optax optimizer alias that takes learning_rate (sgd, adam, adamw, lion, ...); '
+                 'with optimizer_kwargs, schedule, schedule_kwargs (overparam/optim.py)',
+    'init_scale': 'finite number > 0; used by gd, lazy, lazy_exact',
+    'reg': 'finite number >= 0; used by gd only',
+    'alpha': 'finite number > 0; used by gd only',
+    'alphas': 'tuple of distinct finite numbers > 0; () = (alpha,); used by gd only',
+    'eps': 'number in (0, 1)',
+    'save_params': 'True or False',
+    'x64': 'True or False',
+    'chunk_steps': f'integer in [1, {INT32_MAX}]',
+    'trace_every': '0 or a divisor of min(chunk_steps, steps)',
+    'checkpoint_every_s': 'finite number >= 0 (0: after every chunk)',
+    'distributed': 'True or False (needs --coordinator_address, --num_processes, --process_id outside Slurm/TPU)',
+    'memory_gb': 'finite number >= 0 (0: detect)',
+    'optimizer_kwargs': "{} or the optimizer's other arguments, e.g. {'weight_decay': 0.01} (checked against its signature)",
+    'schedule': 'constant, cosine, warmup_cosine, warmup_constant, linear, polynomial, exponential, cosine_onecycle',
+    'schedule_kwargs': "{} or the schedule's other arguments, e.g. {'warmup_steps': 100}",
+    'axes': "tuple of 'field=v1,v2,...' strings: any numeric field (dotted for nested) as a cell axis; () = none",
+}
+
+
+def _distinct(name, xs):
+  if len(set(xs)) != len(xs):
+    raise ConfigError(f'config.{name} has duplicates: {tuple(xs)!r} (each value is one cell; give it once)')
+
+
+def _int_in(name, x, lo, hi):
+  if not _is_int(x) or not lo <= x <= hi:
+    raise ConfigError(f'config.{name} must be an integer in [{lo}, {hi}], got {x!r}')
+
+
+def _bool(name, x):
+  if not isinstance(x, bool):
+    raise ConfigError(f'config.{name} must be True or False, got {x!r}')
+
+
+def _unused(c, name, used: bool):
+  """A base field set away from its default while this config never reads it is an error."""
+  default = base_config()
+  node_c, node_d = c, default
+  for part in name.split('.'):
+    node_c, node_d = node_c[part], node_d[part]
+  same = (tuple(node_c) == tuple(node_d)) if isinstance(node_d, tuple) else node_c == node_d
+  if not used and not same:
+    raise ConfigError(f'config.{name} is set to {node_c!r} but unused by this config ({BASE_FIELD_RANGES[name]}); '
+                      f'leave it at its default {node_d!r}')
+
+
+def _validate_one(c: ml_collections.ConfigDict):
+  """Raises ConfigError for the first field out of range (one value of every cell axis): the base
+  fields (BASE_FIELD_RANGES: ranges, duplicates, fields set but unused), then every algorithm's own."""
+  names = registry.names()
   algs = c.algorithms
   if not isinstance(algs, (tuple, list)) or not algs:
-    raise ConfigError(f'config.algorithms must be a non-empty tuple from {ALGORITHMS}, got {algs!r}')
+    raise ConfigError(f'config.algorithms must be a non-empty tuple from {names}, got {algs!r}')
   for a in algs:
-    _choice('algorithms', a, ALGORITHMS)
+    _choice('algorithms', a, names)
   if len(set(algs)) != len(algs):
     raise ConfigError(f'config.algorithms has duplicates: {algs!r}')
   if not _is_int(c.order) or c.order < 2:
     raise ConfigError(f'config.order must be an integer >= 2, got {c.order!r}')
   _positive_ints('dims', c.dims)
+  _distinct('dims', c.dims)
   _positive_ints('widths', c.widths)
+  _distinct('widths', c.widths)
   for a, ws in (c.get('algorithm_widths') or {}).items():
-    _choice('algorithm_widths keys', a, ALGORITHMS)
+    _choice('algorithm_widths keys', a, names)
     if ws:
       _positive_ints(f'algorithm_widths.{a}', ws)
-  for name in ('rank', 'num_seeds', 'steps', 'chunk_steps'):
+      _distinct(f'algorithm_widths.{a}', ws)  # a grid for an algorithm not run is allowed (configs prepare them)
+  for name in ('rank', 'num_seeds'):
     if not _is_int(c[name]) or c[name] < 1:
       raise ConfigError(f'config.{name} must be an integer >= 1, got {c[name]!r}')
+  for name in ('steps', 'chunk_steps'):
+    _int_in(name, c[name], 1, INT32_MAX)
   if not _is_int(c.trace_every) or c.trace_every < 0 or (c.trace_every and chunk_of(c) % c.trace_every):
     raise ConfigError(f'config.trace_every must be 0 or a divisor of min(chunk_steps, steps)={chunk_of(c)}, '
                       f'got {c.trace_every!r}')
-  if not _is_int(c.seed) or c.seed < 0:
-    raise ConfigError(f'config.seed must be an integer >= 0, got {c.seed!r}')
+  _int_in('seed', c.seed, 0, UINT32_MAX)
+  if c.seed + c.num_seeds - 1 > UINT32_MAX:
+    raise ConfigError(f'config.num_seeds: seeds config.seed..seed+num_seeds-1 must be <= {UINT32_MAX} (uint32 keys), '
+                      f'got up to {c.seed + c.num_seeds - 1}')
   t = c.target
   _choice('target.kind', t.kind, tensors.TARGET_KINDS)
+  if not isinstance(t.path, str):
+    raise ConfigError(f'config.target.path must be a string, got {t.path!r}')
+  _unused(c, 'target.path', t.kind == 'file')
+  _unused(c, 'target.coherence', t.kind == 'coherent')
+  _unused(c, 'target.weights', t.kind != 'file')
   if c.ranks:
     _positive_ints('ranks', c.ranks)
     if len(set(c.ranks)) != len(c.ranks):
@@ -142,6 +258,8 @@ def validate(c: ml_collections.ConfigDict):
       raise ConfigError(f'config.target.weights must have length config.rank={c.rank}, got {len(t.weights)}')
     for w in t.weights:
       _finite('target.weights', w)
+    if not any(t.weights):
+      raise ConfigError(f'config.target.weights are all 0: the target T* is zero, got {tuple(t.weights)!r}')
   _finite('target.noise', t.noise, 0.0)
   _choice('parametrization', c.parametrization, objectives.PARAMETRIZATIONS)
   _choice('signs', c.signs, SIGNS)
@@ -149,9 +267,10 @@ def validate(c: ml_collections.ConfigDict):
   if c.loss == 'implicit' and not _factored(c):
     raise ConfigError('config.loss=implicit needs a factored target (target.kind != file or a .npz CP file, '
                       'target.noise = 0); use loss=dense or auto')
-  _choice('optimizer', c.optimizer, algorithms.OPTIMIZERS)
+  optim.check(c.optimizer, c.get('optimizer_kwargs'), c.get('schedule', 'constant'), c.get('schedule_kwargs'),
+              c.steps)
   _finite('lr', c.lr, 0.0, True)
-  _finite('eps', c.eps, 0.0, True)
+  _finite('eps', c.eps, 0.0, True, 1.0, True)
   _finite('init_scale', c.init_scale, 0.0, True)
   _finite('reg', c.reg, 0.0)
   _finite('alpha', c.alpha, 0.0, True)
@@ -161,31 +280,173 @@ def validate(c: ml_collections.ConfigDict):
     _finite('alphas', a, 0.0, True)
   if len(set(c.alphas)) != len(c.alphas):
     raise ConfigError(f'config.alphas has duplicates: {tuple(c.alphas)!r}')
+  selected = [registry.get(a) for a in algs]
+  read = lambda field: any(s.uses(field) for s in selected)
+  for name in ('lr', 'reg', 'alpha', 'init_scale', 'parametrization', 'optimizer'):
+    _unused(c, name, read(name))
+  _unused(c, 'alphas', read('alpha'))
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
   _finite('memory_gb', c.memory_gb, 0.0)
-  _validate_beyond_lazy(c.beyond_lazy)
-  _validate_lazy(c)
+  for name in ('save_params', 'x64', 'distributed'):
+    _bool(name, c[name])
+  for spec in registry.specs():  # every algorithm's own fields, selected or not
+    if spec.validate is not None:
+      spec.validate(c)
 
 
-def _validate_beyond_lazy(b: ml_collections.ConfigDict):
-  _finite('beyond_lazy.lr', b.lr, 0.0, True)
-  _finite('beyond_lazy.init_scale', b.init_scale, 0.0, True)
-  _finite('beyond_lazy.reinit_threshold', b.reinit_threshold, 0.0)
-  if not _is_int(b.epoch_length) or b.epoch_length < 1:
-    raise ConfigError(f'config.beyond_lazy.epoch_length must be an integer >= 1, got {b.epoch_length!r}')
-  _finite('beyond_lazy.epoch_growth', b.epoch_growth, 1.0)
-  _finite('beyond_lazy.reg', b.reg, 0.0)
+def validate(c: ml_collections.ConfigDict):
+  """Raises ConfigError for the first field out of range, checking every cell-axis value."""
+  _validate_one(c)
+  axes = axes_of(c)  # parses and checks the spelling
+  selected = [registry.get(a) for a in c.algorithms]
+  for field, values in axes:
+    legacy = field == 'alpha' and c.alphas  # config.alphas without gd has always been accepted (no cells)
+    if is_algorithm_specific(field) and not any(s.uses(field) for s in selected) and not legacy:
+      users = [s.name for s in registry.specs() if s.uses(field)]
+      raise ConfigError(f'config.axes: no algorithm in config.algorithms uses {field} (used by {", ".join(users)})')
+    for v in values:
+      if v != get_field(c, field):
+        _validate_one(with_values(c, {field: v}))
+  _check_unused_subconfigs(c)
 
 
-def _validate_lazy(c: ml_collections.ConfigDict):
-  z = c.lazy
-  for name in ('symmetric_init', 'ntk_scaling'):
-    if not isinstance(z[name], bool):
-      raise ConfigError(f'config.lazy.{name} must be True or False, got {z[name]!r}')
-  _finite('lazy.lr_scale', z.lr_scale, 0.0, True, 2.0, True)
-  _finite('lazy.momentum', z.momentum, 0.0, False, 1.0, True)
-  if not _is_int(z.power_iters) or z.power_iters < 1:
-    raise ConfigError(f'config.lazy.power_iters must be an integer >= 1, got {z.power_iters!r}')
+def unused_subconfig_fields(c) -> List[str]:
+  """Fields of algorithm sub-dicts set away from their defaults while no selected algorithm reads
+  that sub-dict (e.g. config.beyond_lazy.lr without beyond_lazy), as 'config.<dotted> = value'."""
+  selected = [registry.get(a) for a in c.algorithms]
+  out = []
+  for spec in registry.specs():
+    if spec.defaults is None or spec.name not in c:
+      continue
+    sub = c[spec.name]
+    if any(s.uses(f'{spec.name}.{k}') for s in selected for k in sub):
+      continue
+    out += [f'config.{spec.name}.{k} = {sub[k]!r}' for k, d in spec.defaults.items()
+            if k in sub and _plain(sub[k]) != _plain(d)]
+  return out
+
+
+def _check_unused_subconfigs(c):
+  """Logs a warning naming the unused fields (not an error: a config file may prepare the sub-dict
+  of an arm the user adds with --config.algorithms, as configs/default.py does for `lazy`)."""
+  unused = unused_subconfig_fields(c)
+  if unused:
+    logging.warning('set but unused (no algorithm in config.algorithms reads them): %s', ', '.join(unused))
+
+
+def _plain(x):
+  return tuple(x) if isinstance(x, list) else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Cell axes.
+
+def get_field(c, field: str):
+  node = c
+  for part in field.split('.'):
+    node = node[part]
+  return node
+
+
+def with_values(c, values: Dict[str, object]):
+  """A copy of c with the dotted fields set to values (c itself when nothing changes)."""
+  if all(get_field(c, k) == v for k, v in values.items()):
+    return c
+  out = c.copy_and_resolve_references()
+  for field, v in values.items():
+    *path, leaf = field.split('.')
+    node = out
+    for p in path:
+      node = node[p]
+    try:
+      node[leaf] = v
+    except TypeError:
+      raise ConfigError(f'config.axes: {field}={v!r} does not have the type of config.{field} '
+                        f'({type(get_field(c, field)).__name__})') from None
+  return out
+
+
+def _is_number(x):
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def is_algorithm_specific(field: str) -> bool:
+  """True when some registered algorithm reads the field itself (not a field every algorithm reads)."""
+  return any(s.uses(field) for s in registry.specs())
+
+
+def axes_of(c) -> List[Tuple[str, tuple]]:
+  """[(dotted field, values)] of every cell axis: config.ranks as 'rank', then config.axes in order,
+  then config.alphas as 'alpha'. ConfigError for a spelling, field or value that cannot be an axis."""
+  out = []
+  if c.ranks:
+    out.append(('rank', tuple(int(k) for k in c.ranks)))
+  axes = c.get('axes', ())
+  if not isinstance(axes, (tuple, list)):
+    raise ConfigError(f"config.axes must be a tuple of 'field=v1,v2,...' strings, got {axes!r}")
+  for spec in axes:
+    if not isinstance(spec, str) or '=' not in spec:
+      raise ConfigError(f"config.axes entries must be 'field=v1,v2,...' strings, got {spec!r}")
+    field, _, text = (x.strip() for x in spec.partition('='))
+    try:
+      current = get_field(c, field)
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.axes: config has no field {field!r}') from None
+    if field in NOT_AXES:
+      raise ConfigError(f'config.axes: config.{field} cannot be a cell axis ({NOT_AXES[field]})')
+    if not _is_number(current):
+      raise ConfigError(f'config.axes: config.{field} is not a number ({current!r}) and cannot be a cell axis')
+    values = []
+    for t in text.split(','):
+      try:
+        v = ast.literal_eval(t.strip())
+      except (SyntaxError, ValueError):
+        v = None
+      if not _is_number(v):
+        raise ConfigError(f'config.axes: the values of {field} must be numbers, got {t.strip()!r}')
+      values.append(v)
+    if len(set(values)) != len(values):
+      raise ConfigError(f'config.axes: {field} has duplicate values {tuple(values)!r}')
+    if any(f == field for f, _ in out) or (field == 'alpha' and c.alphas):
+      spelled = {'rank': ' (also given as config.ranks)', 'alpha': ' (also given as config.alphas)'}.get(field, '')
+      raise ConfigError(f'config.axes: {field} is an axis twice{spelled}')
+    out.append((field, tuple(values)))
+  if c.alphas:
+    out.append(('alpha', tuple(float(a) for a in c.alphas)))
+  return out
+
+
+def generic_axes(c) -> Tuple[str, ...]:
+  """The axis fields rows carry besides rank and alpha (which every row has)."""
+  return tuple(f for f, _ in axes_of(c) if f not in ('rank', 'alpha'))
+
+
+def _combos(c, axes):
+  """[(config, {field: value})] over the cartesian product of axes (in order, the last fastest)."""
+  out = []
+  for vals in itertools.product(*[v for _, v in axes]):
+    values = dict(zip([f for f, _ in axes], vals))
+    cc = with_values(c, values)
+    out.append((cc, {f: get_field(cc, f) for f in values}))
+  return out
+
+
+def common_configs(c):
+  """[(config, values)] over the axes every algorithm shares (fields no algorithm claims: rank,
+  target fields, ...); they may change the targets."""
+  return _combos(c, [(f, v) for f, v in axes_of(c) if not is_algorithm_specific(f)])
+
+
+def algorithm_configs(c, algorithm: str):
+  """[(config, values)] over the algorithm-specific axes that `algorithm` reads; c: a config of
+  common_configs."""
+  spec = registry.get(algorithm)
+  return _combos(c, [(f, v) for f, v in axes_of(c) if is_algorithm_specific(f) and spec.uses(f)])
+
+
+def cell_configs(c, algorithm: str):
+  """[(config, values)] of every program family of `algorithm`: common x its own axes."""
+  return [(ca, {**v, **va}) for cc, v in common_configs(c) for ca, va in algorithm_configs(cc, algorithm)]
 
 
 def widths_of(c: ml_collections.ConfigDict, algorithm: str) -> tuple:
@@ -195,8 +456,23 @@ def widths_of(c: ml_collections.ConfigDict, algorithm: str) -> tuple:
 
 
 def ranks_of(c: ml_collections.ConfigDict) -> tuple:
-  """The ranks the experiment sweeps: config.ranks, or (config.rank,) when that is empty."""
-  return tuple(int(k) for k in c.ranks) or (c.rank,)
+  """The ranks the experiment sweeps: config.ranks (or the rank axis), else (config.rank,)."""
+  return tuple(int(k) for k in c.ranks) or next((v for f, v in _rank_axis(c)), (c.rank,))
+
+
+def _rank_axis(c):
+  """[('rank', values)] when config.axes has a rank axis (parsed leniently: validate checks it)."""
+  for spec in c.get('axes', ()) or ():
+    if isinstance(spec, str) and spec.partition('=')[0].strip() == 'rank':
+      try:
+        return [('rank', tuple(int(ast.literal_eval(t.strip())) for t in spec.partition('=')[2].split(',')))]
+      except (SyntaxError, ValueError, TypeError):
+        return []
+  return []
+
+
+def dtype_of(c) -> jnp.dtype:
+  return jnp.float64 if c.x64 else jnp.float32
 
 
 def chunk_of(c: ml_collections.ConfigDict) -> int:

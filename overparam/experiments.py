@@ -5,8 +5,11 @@ holds (only missing cells are computed), appends one results row per finished ru
 summary.json and the figures.
 """
 
+import dataclasses
+import math
 import os
 import subprocess
+import time
 from typing import Callable, Dict, List, Optional
 
 from absl import logging
@@ -15,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, beyond_lazy, config_lib, lazy, memory, metrics,
-                       objectives, plots, results, sweep, tensors)
+from overparam import (algorithms, analysis, config_lib, memory, metrics, objectives, plots, registry,
+                       results, sweep, tensors)
 
 
 def seed_keys(seed: int):
@@ -25,107 +28,24 @@ def seed_keys(seed: int):
   return tuple(jax.random.fold_in(key, i) for i in range(3))
 
 
-def dtype_of(c) -> jnp.dtype:
-  return jnp.float64 if c.x64 else jnp.float32
+dtype_of = config_lib.dtype_of
 
 
-def _build_gd(c, dim: int, bucket: int):
-  spec = objectives.Spec(c.order, c.parametrization, config_lib.resolve_loss(c), c.reg)
-  return algorithms.GD(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=c.lr,
-                       optimizer=c.optimizer, init_scale=c.init_scale, alpha=c.alpha,
-                       eps=c.eps, dtype=dtype_of(c))
+def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int, widths=()) -> algorithms.Algorithm:
+  """The registered algorithm `name` for one program (registry.AlgorithmSpec.build). widths: the
+  grid of a one-program algorithm's program (its build takes widths=...); () otherwise."""
+  spec = registry.find(name)
+  if spec is None:
+    raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r} (registered: '
+                                 f'{", ".join(registry.names())})')
+  return spec.build(c, dim, bucket, widths=tuple(widths)) if widths else spec.build(c, dim, bucket)
 
 
-def _build_beyond_lazy(c, dim: int, bucket: int):
-  b = c.beyond_lazy
-  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg)
-  return beyond_lazy.BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr,
-                                optimizer=c.optimizer, init_scale=b.init_scale,
-                                reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
-                                epoch_growth=b.epoch_growth, eps=c.eps, dtype=dtype_of(c))
-
-
-def _lazy_kwargs(c, dim: int, bucket: int):
-  spec = objectives.Spec(c.order, c.parametrization, 'dense', 0.0)
-  return dict(spec=spec, dim=dim, bucket=bucket, eps=c.eps, init_scale=c.init_scale,
-              symmetric_init=c.lazy.symmetric_init, ntk_scaling=c.lazy.ntk_scaling, dtype=dtype_of(c))
-
-
-def _build_lazy(c, dim: int, bucket: int):
-  return lazy.Lazy(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum,
-                   power_iters=c.lazy.power_iters, **_lazy_kwargs(c, dim, bucket))
-
-
-def _build_lazy_exact(c, dim: int, bucket: int, widths=()):
-  return lazy.LazyExact(steps=1, widths=tuple(widths), **_lazy_kwargs(c, dim, bucket))
-
-
-# name -> builder(config, dim, bucket) returning an algorithm (see algorithms.py for the protocol).
-BUILDERS = {'gd': _build_gd, 'beyond_lazy': _build_beyond_lazy, 'lazy': _build_lazy,
-            'lazy_exact': _build_lazy_exact}
-
-
-# Algorithms whose model is alpha-scaled (config.alpha, or the cell axis config.alphas); rows of the
-# others carry alpha = None.
-ALPHA_ALGORITHMS = ('gd',)
-
-
-def alpha_configs(c: ml_collections.ConfigDict, alg_name: str):
-  """[(alpha, config with config.alpha = alpha)] for one algorithm: one per config.alphas (or
-  config.alpha when that is empty) for alpha-scaled algorithms, [(None, c)] for the others."""
-  if alg_name not in ALPHA_ALGORITHMS:
-    return [(None, c)]
-  out = []
-  for a in (tuple(c.alphas) or (c.alpha,)):
-    ca = c
-    if a != c.alpha:
-      ca = c.copy_and_resolve_references()
-      ca.alpha = float(a)
-    out.append((float(a), ca))
-  return out
-
-
-def rank_config(c: ml_collections.ConfigDict, rank: int) -> ml_collections.ConfigDict:
-  """c with config.rank = rank (one value of the cell axis config.ranks)."""
-  if rank == c.rank:
-    return c
-  cr = c.copy_and_resolve_references()
-  cr.rank = int(rank)
-  return cr
-
-
-def file_tag(c: ml_collections.ConfigDict, alpha: Optional[float]) -> str:
-  """Part of checkpoint/params/trajectory names for the cell axes config.ranks and config.alphas."""
-  return (f'_r{c.rank}' if c.ranks else '') + (f'_a{alpha:g}' if c.alphas and alpha is not None else '')
-
-
-def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int, widths=()):
-  """widths: the grid of a one-program algorithm's program (see program_widths); () otherwise."""
-  if name not in BUILDERS:
-    raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r}')
-  return BUILDERS[name](c, dim, bucket, widths) if widths else BUILDERS[name](c, dim, bucket)
-
-
-# ------------------------------------------------------------------------------------------------
-# One-program algorithms (class attribute one_program = True, e.g. lazy.LazyExact): the whole width
-# grid of a (d, cell axes) runs as ONE program whose runs are the seeds; a run computes every width
-# (state leaves with a leading width axis) and its outcome is split into the usual (width, seed)
-# cells before finalize, so sweep.run_program, finalize, the rows and the resume by missing cells
-# are those of any other algorithm.
-ONE_PROGRAM_CLASSES = {'lazy_exact': lazy.LazyExact}  # the lead wires this to the algorithm registry
-
-
-def is_one_program(name: str) -> bool:
-  return getattr(ONE_PROGRAM_CLASSES.get(name), 'one_program', False)
-
-
-def program_widths(name: str, widths) -> List[List[int]]:
-  """The width groups of an algorithm's programs: the whole grid for one-program algorithms, else
-  sweep.bucket_widths (largest <= 2x smallest)."""
-  if is_one_program(name):
-    return [sorted(set(int(w) for w in widths))]
-  return sweep.bucket_widths(widths)
-
+# One-program algorithms (registry flag one_program, e.g. lazy_exact): the whole width grid of a
+# (d, cell-axis values) is ONE program whose runs are the seeds; a run computes every width (state
+# leaves with a leading width axis) and its outcome is split into the usual (width, seed) cells
+# before finalize, so sweep.run_program, finalize, the rows and the resume by missing cells are those
+# of any other algorithm (a seed with any missing width reruns, only missing cells are appended).
 
 def split_widths(out: sweep.Outcome, group: List[int], seeds: List[int], cells) -> sweep.Outcome:
   """A one-program Outcome (runs = seeds, leaves (runs, G, ...); trace (runs, T, G, ...)) -> the
@@ -135,6 +55,41 @@ def split_widths(out: sweep.Outcome, group: List[int], seeds: List[int], cells) 
   trace = {k: np.moveaxis(v, 2, 1).reshape((-1, v.shape[1]) + v.shape[3:])[pick] for k, v in out.trace.items()}
   return out._replace(state=flat(out.state), exported=flat(out.exported), dense=flat(out.dense),
                       extras=flat(out.extras), trace=trace)
+
+
+def _tag_value(v) -> str:
+  return repr(v) if isinstance(v, float) else str(v)
+
+
+def file_tag(c: ml_collections.ConfigDict, values: Dict) -> str:
+  """Part of checkpoint/params/trajectory names that makes them unique per cell-axis value:
+  `_r<rank>` (rank axis), `_<field><value>` (other axes, in order), `_a<alpha>` (alpha axis)."""
+  tag = ''
+  for field, _ in config_lib.axes_of(c):
+    v = values.get(field)
+    if v is None:
+      continue
+    if field == 'rank':
+      tag += f'_r{v}'
+    elif field == 'alpha':
+      continue
+    else:
+      tag += f'_{field}{_tag_value(v)}'
+  if values.get('alpha') is not None and any(f == 'alpha' for f, _ in config_lib.axes_of(c)):
+    tag += f'_a{values["alpha"]:g}'
+  return tag
+
+
+def cell_fields(c: ml_collections.ConfigDict, alg_name: str, values: Dict) -> Dict:
+  """Row fields of the cell axes: rank, alpha (the config's for alpha-scaled algorithms, else
+  None) and, when config.axes has other fields, each one's value (None where `alg_name` does not
+  read it) and `axes`, their names (results.cell_id uses them)."""
+  out = {'rank': c.rank, 'alpha': float(c.alpha) if registry.get(alg_name).alpha_scaled else None}
+  extra = config_lib.generic_axes(c)
+  if extra:
+    out.update({f: values.get(f) for f in extra})
+    out['axes'] = list(extra)
+  return out
 
 
 def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:
@@ -156,7 +111,9 @@ def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: st
   """Host RunData for the cells (width, seed) of one program, stacked on a leading run axis."""
   dt = np.dtype(dtype_of(c))
   rows = []
-  for width, seed in cells:
+  progress = _Progress('building run data', len(cells))
+  for i, (width, seed) in enumerate(cells):
+    progress(i)
     t = targets[seed]
     if loss == 'dense' and t.dense is None:  # build T* once, not at every step
       t = t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order)))
@@ -194,49 +151,170 @@ def _number(x):
   return results.clean_number(x)
 
 
+# Algorithms whose spec is scale_free fit T* / ||T*|| (their numbers do not depend on the scale of
+# T*): the host divides their target by a power of two near ||T*|| (exact in floating point) when
+# ||T*|| is outside SAFE_SCALE, so any finite non-zero target trains alike; rows and params are in the
+# target's units.
+SAFE_SCALE = (2.0 ** -20, 2.0 ** 20)
+# Rounds of continuing runs that the in-loop test stopped as converged but whose float64 rel_error
+# is >= eps, each with a tighter in-loop threshold; a run still unconfirmed is reported 'unconfirmed'.
+CONFIRM_ROUNDS = 2
+
+
+def target_sq_f64(t: tensors.Target, order: int) -> float:
+  """||T*||_F^2 on the host in float64."""
+  if t.dense is not None:
+    return float(np.sum(np.asarray(t.dense, np.float64) ** 2))
+  c, a = np.asarray(t.coeffs, np.float64), np.asarray(t.factors, np.float64)
+  return float(c @ (a @ a.T) ** order @ c)
+
+
+def check_target(c, t: tensors.Target, dim: int, seed: int, scale_free: bool):
+  """TargetError naming the target when T* is zero (all weights 0, an all-zero file, components that
+  cancel) or, for an algorithm that is not scale-free, when ||T*||^2 is not representable in the run
+  dtype."""
+  sq = target_sq_f64(t, c.order)
+  where = (f'config.target.path {c.target.path!r}' if c.target.kind == 'file'
+           else f'config.target (kind {c.target.kind}, weights {tuple(c.target.weights) or "all 1"})')
+  if t.dense is not None:
+    size = float(np.sum(np.asarray(t.dense, np.float64) ** 2))
+  else:
+    size = float(np.sum(np.abs(np.asarray(t.coeffs, np.float64)) * np.linalg.norm(
+        np.asarray(t.factors, np.float64), axis=1) ** c.order)) ** 2
+  if not np.isfinite(sq) or sq <= 1e-24 * size or sq == 0.0:
+    raise tensors.TargetError(f'{where}: T* is zero (d={dim}, seed {seed}); a decomposition of the zero tensor '
+                              'is undefined')
+  fi = np.finfo(np.dtype(dtype_of(c)))
+  if not scale_free and not (float(fi.tiny) * 1e4 < sq < float(fi.max) / 1e4):
+    raise tensors.TargetError(f'{where}: ||T*||^2 = {sq:.3g} is outside the range of {fi.dtype} (d={dim}, '
+                              f'seed {seed}); rescale the target or set config.x64=True')
+
+
+def target_scale(t: tensors.Target, order: int) -> float:
+  """The power of two the host divides a scale-free algorithm's target by (1.0 for ordinary targets)."""
+  norm = float(np.sqrt(target_sq_f64(t, order)))
+  if SAFE_SCALE[0] <= norm <= SAFE_SCALE[1]:
+    return 1.0
+  return float(2.0 ** round(math.log2(norm)))
+
+
+def scaled_target(t: tensors.Target, s: float) -> tensors.Target:
+  """T* / s for a power of two s (exact), in T*'s dtype."""
+  if s == 1.0:
+    return t
+  div = lambda x: None if x is None else (np.asarray(x, np.float64) / s).astype(np.asarray(x).dtype)
+  return t._replace(coeffs=div(t.coeffs), dense=div(t.dense))
+
+
+def _exports(out: sweep.Outcome, cells, bucket: int, scales: Optional[Dict[int, float]] = None):
+  """[(coeffs, factors) or None] per cell: the exported real components, in the target's units."""
+  got = []
+  for i, (width, seed) in enumerate(cells):
+    if out.exported is None:
+      got.append(None)
+      continue
+    k = out.exported[0].shape[1] // bucket
+    keep = np.tile(np.arange(bucket) < width, k)
+    coeffs, factors = out.exported[0][i][keep], out.exported[1][i][keep]
+    s = (scales or {}).get(seed, 1.0)
+    if s != 1.0:
+      coeffs = np.asarray(coeffs, np.float64) * s
+    got.append((coeffs, factors))
+  return got
+
+
+def rel_errors(c, cells, bucket: int, out: sweep.Outcome, targets, scales=None) -> List[Optional[float]]:
+  """The float64 rel_error of each cell (None: not finite, diverged)."""
+  rels = []
+  for i, ((width, seed), ex) in enumerate(zip(cells, _exports(out, cells, bucket, scales))):
+    t = targets[seed]
+    rel = None
+    if int(out.state.status[i]) != algorithms.DIVERGED:
+      if ex is not None:
+        if np.all(np.isfinite(ex[0])) and np.all(np.isfinite(ex[1])):
+          rel = results.clean_number(objectives.rel_error_f64(ex[0], ex[1], t, c.order))
+      elif out.dense is not None and np.all(np.isfinite(out.dense[i])):
+        s = (scales or {}).get(seed, 1.0)
+        rel = _rel_error_dense(np.asarray(out.dense[i], np.float64) * s, t, c.order)
+    rels.append(rel)
+  return rels
+
+
+def confirm(c, alg, data, cells, bucket: int, out: sweep.Outcome, targets, scales, run_kwargs, label: str):
+  """Continues the runs that stopped as converged in the loop while their float64 rel_error is >= eps,
+  with a tighter in-loop threshold, up to CONFIRM_ROUNDS times; returns the final Outcome."""
+  for _ in range(CONFIRM_ROUNDS):
+    rels = rel_errors(c, cells, bucket, out, targets, scales)
+    status = np.asarray(out.state.status)
+    redo = [i for i, r in enumerate(rels) if status[i] == algorithms.CONVERGED and r is not None and r >= c.eps]
+    if not redo:
+      return out
+    inloop = np.asarray(out.state.rel_err, np.float64)
+    ratio = min(float(inloop[i]) / rels[i] for i in redo)
+    alg = dataclasses.replace(alg, eps=alg.eps * float(np.clip(0.9 * ratio, 1 / 16, 0.9)))
+    logging.info('%s: %d runs stopped as converged in the loop but have float64 rel_error >= eps=%g; '
+                 'continuing them with in-loop threshold %g', label, len(redo), c.eps, alg.eps)
+    new_status = status.copy()
+    new_status[redo] = algorithms.RUNNING
+    more = sweep.run_program(alg, data, cells, init_state=out.state._replace(status=new_status),
+                             label=label, **run_kwargs)
+    trace = {k: np.concatenate([out.trace[k], more.trace[k]], axis=1) for k in out.trace}
+    out = more._replace(wall_s=out.wall_s + more.wall_s, trace=trace)
+  return out
+
+
 def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer,
-             alpha: Optional[float] = None) -> List[Dict]:
+             values: Optional[Dict] = None, fingerprint: Optional[str] = None,
+             scales: Optional[Dict[int, float]] = None) -> List[Dict]:
   """One results row per cell; saves learned factors when asked.
 
-  alpha: the row's alpha (None for algorithms that are not alpha-scaled); file names carry it when
-  config.alphas makes alpha a cell axis.
+  c: the config of the program (every cell-axis field at its value); values: {axis field: value}
+  of the program (experiments.cell_fields), which rows and file names carry. fingerprint:
+  results.config_fingerprint of the config, stamped on every row (config_fp). scales: per seed, the
+  power of two the target was divided by on the host.
 
   rel_error is recomputed on the host in float64 from the exported CP tensor (or the dense model
-  for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged.
+  for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged. The
+  status agrees with that number: converged iff rel_error < eps; 'unconfirmed' if the in-loop test
+  stopped the run as converged but rel_error >= eps; else max_steps (or diverged: rel_error null).
+  Params files are written (atomically, by exact name) before the rows are returned, so appending the
+  rows is the last step of a program and a killed finish is redone from the final checkpoint.
   """
-  tag = file_tag(c, alpha)
+  values = values or {}
+  tag = file_tag(c, values)
+  cell = cell_fields(c, alg_name, values)
+  declared = set(registry.get(alg_name).row_fields)
+  if not set(out.extras) <= declared:
+    raise ValueError(f'{alg_name}: extras {sorted(set(out.extras) - declared)} are not in its registry row_fields')
+  if out.exported is not None and out.exported[0].shape[1] % bucket:
+    raise ValueError(f'{alg_name}.export returned {out.exported[0].shape[1]} components, not a multiple of '
+                     f'the bucket {bucket}')
   rows = []
+  exports = _exports(out, cells, bucket, scales)
+  rels = rel_errors(c, cells, bucket, out, targets, scales)
+  progress = _Progress(f'{alg_name} d={dim}: finishing rows', len(cells))
   for i, (width, seed) in enumerate(cells):
+    progress(i)
     code = int(out.state.status[i])
     t = targets[seed]
-    coeffs = factors = None
-    if out.exported is not None:
-      k = out.exported[0].shape[1] // bucket
-      keep = np.tile(np.arange(bucket) < width, k)
-      coeffs, factors = out.exported[0][i][keep], out.exported[1][i][keep]
-    rel = None
-    if code != algorithms.DIVERGED:
-      if coeffs is not None:
-        if np.all(np.isfinite(coeffs)) and np.all(np.isfinite(factors)):
-          rel = results.clean_number(objectives.rel_error_f64(coeffs, factors, t, c.order))
-      elif out.dense is not None and np.all(np.isfinite(out.dense[i])):
-        rel = _rel_error_dense(out.dense[i], t, c.order)
-      if rel is None:
-        code = algorithms.DIVERGED
-    if code == algorithms.DIVERGED:
+    coeffs, factors = exports[i] if exports[i] is not None else (None, None)
+    rel = rels[i]
+    if rel is None:
       status = 'diverged'
-    elif code == algorithms.CONVERGED or rel < c.eps:
+    elif rel < c.eps:
       status = 'converged'
+    elif code == algorithms.CONVERGED:
+      status = 'unconfirmed'
     else:
       status = 'max_steps'
     leaves = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params))
     leaves0 = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params0))
-    row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': c.rank, 'width': width,
+    row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': cell['rank'], 'width': width,
            'seed': seed, 'rel_error': rel, 'status': status, 'steps': int(out.state.step[i]),
            'movement': results.clean_number(metrics.movement(leaves, leaves0, width)),
            'recovered_fraction': None, 'params_file': None, 'wall_s': round(out.wall_s, 3),
            'batch_runs': len(cells), 'bucket': bucket}
-    row['alpha'] = alpha
+    row.update({k: v for k, v in cell.items() if k != 'rank'})
     row.update({k: _number(v[i]) for k, v in out.extras.items()})
     if coeffs is not None and rel is not None:
       if t.factors is not None:
@@ -244,37 +322,81 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       if c.save_params:
         name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
         if is_writer:
-          results.save_npz_atomic(os.path.join(wd.params_dir, name), coeffs=coeffs, factors=factors)
+          results.save_npz_atomic(os.path.join(wd.params_dir, name), sync_dir=False, coeffs=coeffs, factors=factors)
         row['params_file'] = os.path.join('params', name)
     if out.trace and is_writer:
       name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
-      results.save_npz_atomic(os.path.join(wd.trajectories_dir, name),
+      tr = {k: v[i] for k, v in out.trace.items()}
+      s = (scales or {}).get(seed, 1.0)
+      if s != 1.0 and 'aligned_weight' in tr:
+        tr['aligned_weight'] = np.asarray(tr['aligned_weight'], np.float64) * s
+      results.save_npz_atomic(os.path.join(wd.trajectories_dir, name), sync_dir=False,
                               iteration=np.arange(1, next(iter(out.trace.values())).shape[1] + 1) * c.trace_every,
-                              **{k: v[i] for k, v in out.trace.items()})
+                              **tr)
       row['trajectory_file'] = os.path.join('trajectories', name)
+    if fingerprint is not None:
+      row['config_fp'] = fingerprint
     rows.append(row)
+  if is_writer:  # the files' renames are durable before the rows that name them are appended
+    results.fsync_dir(wd.params_dir)
+    results.fsync_dir(wd.trajectories_dir)
   return rows
 
 
 def plot_only(workdir: str) -> List[str]:
   """Redraws figures/*.png of a workdir from its config.json (eps) and results.jsonl, computing
-  nothing; returns the paths written. WorkdirError (an `error:` line) if the workdir has no
-  config.json or no results."""
-  import json  # noqa: PLC0415
+  nothing; returns the paths written. WorkdirError (an `error:` line naming the file) if the workdir
+  has no usable config.json, a line of results.jsonl is not a row, there are no results, or figures/
+  is not a folder."""
   wd = results.Workdir(workdir)
-  if not os.path.isfile(wd.config_path):
-    raise results.WorkdirError(f'--workdir: {workdir!r} has no config.json (not a workdir of a run)')
-  with open(wd.config_path) as f:
-    eps = json.load(f)['eps']
+  if not os.path.isdir(workdir):
+    raise results.WorkdirError(f'--workdir {workdir!r} is not a folder')
+  cfg = wd.read_config()
+  if cfg is None:
+    raise results.WorkdirError(f'--workdir {workdir!r}: {wd.config_path} is missing (not a workdir of a run)')
+  eps = cfg.get('eps')
+  if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1):
+    raise results.WorkdirError(f'--workdir {workdir!r}: {wd.config_path} has no valid eps (a number in (0, 1)), '
+                               f'got {eps!r}')
   rows = wd.load_results()
   if not rows:
-    raise results.WorkdirError(f'--workdir: {workdir!r} has no finished runs in results.jsonl')
-  return plots.draw_all(rows, eps, wd.figures_dir, workdir=wd.path)
+    raise results.WorkdirError(f'--workdir {workdir!r}: {wd.results_path} has no finished runs')
+  if os.path.lexists(wd.figures_dir) and not os.path.isdir(wd.figures_dir):
+    raise results.WorkdirError(f'--workdir {workdir!r}: {wd.figures_dir} is not a folder; move it away')
+  try:
+    return plots.draw_all(rows, eps, wd.figures_dir, workdir=wd.path)
+  except OSError as e:
+    raise results.WorkdirError(f'--workdir {workdir!r}: cannot write figures into {wd.figures_dir} '
+                               f'({e.strerror or e})') from None
+
+
+class _Progress:
+  """Logs `label: i/n` at most every `every_s` seconds inside a long host loop."""
+
+  def __init__(self, label: str, n: int, every_s: float = 10.0):
+    self.label, self.n, self.every_s, self.last = label, n, every_s, time.time()
+
+  def __call__(self, i: int):
+    if time.time() - self.last >= self.every_s:
+      logging.info('%s: %d/%d', self.label, i, self.n)
+      self.last = time.time()
+
+
+def _phase(msg: str, *args):
+  """Logs the start of a phase that may take a while; returns a function logging its end."""
+  t0 = time.time()
+  logging.info(msg + '...', *args)
+  return lambda: logging.info(msg + ': done in %.1fs', *args, time.time() - t0)
 
 
 def run(c: ml_collections.ConfigDict, workdir: str,
-        on_chunk: Optional[Callable[[int], None]] = None) -> Dict:
-  """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary."""
+        on_chunk: Optional[Callable[[int], None]] = None, figures: bool = True) -> Dict:
+  """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary.
+
+  Everything the user gives (config, target) is checked before anything is written. The writer
+  process holds the workdir's lock until it returns (results.Workdir.open). figures=False skips
+  figures/ (overparam.decompose: drawing is most of a small run's time).
+  """
   config_lib.validate(c)
   memory.check(c)  # before anything is allocated or written
   file_array = None
@@ -282,52 +404,96 @@ def run(c: ml_collections.ConfigDict, workdir: str,
     file_array = tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
   elif c.target.kind == 'file':
     file_array = tensors.load_target_file(c.target.path, c.order, c.dims)
+  seeds = [c.seed + s for s in range(c.num_seeds)]
+  done_targets = _phase('building targets for %d seeds x %d dims', len(seeds), len(c.dims))
+  all_targets = {}
+  specs = [registry.get(a) for a in c.algorithms]
+  scale_free = all(s.scale_free for s in specs)
+  for cc, common in config_lib.common_configs(c):
+    for dim in c.dims:
+      progress = _Progress(f'building targets d={dim} {common}', len(seeds))
+      targets = {}
+      for i, s in enumerate(seeds):
+        progress(i)
+        targets[s] = make_target(cc, dim, s, file_array)
+        check_target(cc, targets[s], dim, s, scale_free=scale_free)
+      all_targets[(_key(common), dim)] = targets
+  done_targets()
   is_writer = jax.process_index() == 0
   wd = results.Workdir(workdir)
   resolved = c.to_dict()
-  wd.check_config(resolved)
-  if is_writer:
-    wd.prepare()
-    wd.write_config({**resolved, 'provenance': provenance()})
-  rows = wd.load_results()
+  fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
+  try:
+    return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures)
+  finally:
+    wd.unlock()
+
+
+def _key(common: Dict) -> tuple:
+  """A hashable key of the common axis values of one target set."""
+  return tuple(sorted(common.items()))
+
+
+def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=True) -> Dict:
+  rows = wd.load_results(fp)
   done = {results.cell_id(r) for r in rows}
-  seeds = [c.seed + s for s in range(c.num_seeds)]
-  loss = config_lib.resolve_loss(c)
-  for rank, dim in ((k, d) for k in config_lib.ranks_of(c) for d in c.dims):
-    cr = rank_config(c, rank)
-    targets = {s: make_target(cr, dim, s, file_array) for s in seeds}
-    for alg_name, (alpha, ca) in ((n, ac) for n in c.algorithms for ac in alpha_configs(cr, n)):
-      tag = file_tag(ca, alpha)
-      for bucket_ws in program_widths(alg_name, config_lib.widths_of(c, alg_name)):
-        bucket = max(bucket_ws)
-        cells = [(m, s) for m in bucket_ws for s in seeds
-                 if results.cell_id(dict(algorithm=alg_name, order=c.order, dim=dim, rank=rank, width=m,
-                                         seed=s, alpha=alpha)) not in done]
-        if not cells:
-          continue
-        one = is_one_program(alg_name)
-        run_seeds = sorted({s for _, s in cells})
-        runs = [(bucket, s) for s in run_seeds] if one else cells  # one program: a run per seed
-        alg = build_algorithm(alg_name, ca, dim, bucket, tuple(bucket_ws) if one else ())
-        label = f'{alg_name}{tag} l={c.order} d={dim} widths={bucket_ws}'
-        ckpt = os.path.join(wd.ckpt_dir, f'{alg_name}{tag}_l{c.order}_d{dim}_B{bucket}.npz')
-        out = sweep.run_program(
-            alg, run_data(cr, runs, targets, bucket, loss), runs, chunk_steps=config_lib.chunk_of(c),
-            trace_every=c.trace_every,
-            checkpoint_path=ckpt, checkpoint_every_s=c.checkpoint_every_s, is_writer=is_writer,
-            label=label, on_chunk=on_chunk)
-        if one:
-          out = split_widths(out, bucket_ws, run_seeds, cells)
-        new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, alpha=alpha)
-        if is_writer:
-          wd.append_results(new)
-          sweep.remove_checkpoint(ckpt)
-        rows.extend(new)
-        logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
+  ckpt_names = []
+  for cc, common in config_lib.common_configs(c):  # axes every algorithm shares (rank, ...) may change T*
+    for dim in c.dims:
+      targets = all_targets[(_key(common), dim)]
+      for alg_name in c.algorithms:
+        spec = registry.get(alg_name)
+        scales = ({s: target_scale(t, c.order) for s, t in targets.items()}
+                  if spec.scale_free else {s: 1.0 for s in targets})
+        dev_targets = {s: scaled_target(t, scales[s]) for s, t in targets.items()}
+        for ca, values in config_lib.algorithm_configs(cc, alg_name):
+          values = {**common, **values}
+          tag = file_tag(ca, values)
+          cell = cell_fields(ca, alg_name, values)
+          for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name)):
+            bucket = max(bucket_ws)
+            ckpt_name = f'{alg_name}{tag}_l{ca.order}_d{dim}_B{bucket}.npz'
+            ckpt_names.append(ckpt_name)
+            cells = [(m, s) for m in bucket_ws for s in seeds
+                     if results.cell_id(dict(algorithm=alg_name, order=ca.order, dim=dim, width=m, seed=s,
+                                             **cell)) not in done]
+            if not cells:
+              continue
+            run_seeds = sorted({s for _, s in cells})
+            runs = [(bucket, s) for s in run_seeds] if spec.one_program else cells  # one program: a run per seed
+            alg = build_algorithm(alg_name, ca, dim, bucket, bucket_ws if spec.one_program else ())
+            label = f'{alg_name}{tag} l={ca.order} d={dim} widths={bucket_ws}'
+            ckpt = os.path.join(wd.ckpt_dir, ckpt_name)
+            end = _phase('%s: building run data for %d runs', label, len(runs))
+            data = run_data(ca, runs, dev_targets, bucket, config_lib.resolve_loss(ca))
+            end()
+            run_kwargs = dict(chunk_steps=config_lib.chunk_of(ca), trace_every=c.trace_every, is_writer=is_writer,
+                              on_chunk=on_chunk)
+            out = sweep.run_program(alg, data, runs, checkpoint_path=ckpt,
+                                    checkpoint_every_s=c.checkpoint_every_s, label=label, **run_kwargs)
+            if spec.one_program:  # solved exactly in init: no in-loop stop to confirm
+              out = split_widths(out, list(bucket_ws), run_seeds, cells)
+            else:
+              out = confirm(ca, alg, data, cells, bucket, out, targets, scales, run_kwargs, label)
+            end = _phase('%s: finishing %d runs (rows%s)', label, len(cells), ', params' if c.save_params else '')
+            new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, values=values,
+                           fingerprint=fp, scales=scales)
+            if is_writer:
+              wd.append_results(new)
+              sweep.remove_checkpoint(ckpt)
+            end()
+            rows.extend(new)
+            logging.info('%s: %d runs in %.1fs', label, len(cells), out.wall_s)
   summary = analysis.summarize(rows, c.eps)
   if is_writer:
-    for f in os.listdir(wd.ckpt_dir):  # every program is finished: no checkpoint is needed any more
-      os.remove(os.path.join(wd.ckpt_dir, f))
+    wd.remove_checkpoints(ckpt_names)  # every program is finished: its checkpoint is not needed any more
     results.write_json_atomic(wd.summary_path, summary)
-    plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+    if figures:
+      end = _phase('drawing figures')
+      try:
+        plots.draw_all(rows, c.eps, wd.figures_dir, workdir=wd.path)
+      except OSError as e:  # the rows are safe; only the figures are missing (--plot_only redraws them)
+        raise results.WorkdirError(f'--workdir {wd.path!r}: cannot write figures into {wd.figures_dir} '
+                                   f'({e.strerror or e}); the results are complete, redraw with --plot_only') from None
+      end()
   return summary

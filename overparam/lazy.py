@@ -50,7 +50,8 @@ import jax.scipy.linalg
 import numpy as np
 import optax
 
-from overparam import algorithms, objectives, tensors
+from overparam import algorithms, config_lib, memory, objectives, optim, registry, tensors
+from overparam.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
 # The basis of unique symmetric entries.
@@ -131,11 +132,11 @@ def exact_program_bytes(order: int, dim: int, parametrization: str, dtype_bytes:
 # Pytree helpers.
 
 def _sub(a, b):
-  return jax.tree.map(jnp.subtract, a, b)
+  return optax.tree_utils.tree_sub(a, b)
 
 
 def _sq(tree):
-  return sum(jnp.sum(x * x) for x in jax.tree.leaves(tree))
+  return optax.tree_utils.tree_norm(tree, squared=True)
 
 
 def _probe_like(tree):
@@ -362,7 +363,7 @@ def prefix_min_norm(coef: jax.Array, s: jax.Array, comp: jax.Array, widths: Tupl
 # The linearized model.
 
 @dataclasses.dataclass(frozen=True)
-class _Linearized:
+class _Linearized(algorithms.Algorithm):
   """Model, init and linearization shared by Lazy and LazyExact (see the module docstring)."""
   spec: objectives.Spec
   dim: int
@@ -429,9 +430,12 @@ class Lazy(_Linearized):
   lr_scale: float = 1.0
   power_iters: int = 100
   momentum: float = 0.0
+  optimizer: Any = optim.Optimizer()  # an optim.Optimizer, or an optax alias name; lr = the power-iteration step
 
   def _opt(self, lr):
-    return optax.sgd(lr, momentum=self.momentum or None, nesterov=bool(self.momentum))
+    opt = optim.as_optimizer(self.optimizer)
+    extra = dict(momentum=self.momentum, nesterov=True) if (opt.name == 'sgd' and self.momentum) else {}
+    return opt.make(lr, self.steps, **extra)
 
   def lambda_max(self, params0, data: algorithms.RunData) -> jax.Array:
     """Largest eigenvalue of J^T J by power iteration on v -> J^T (J v); Rayleigh quotient at the end."""
@@ -612,3 +616,77 @@ class LazyExact(_Linearized):
 
   def trace(self, state, data):
     return self._per_width(super().trace, state, data) if self.widths else super().trace(state, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: `lazy` owns config.lazy; `lazy_exact` reads its symmetric_init and ntk_scaling.
+
+# symmetric_init: doubled +/- init, T(W0) = 0; ntk_scaling: T = (1/sqrt(m)) sum_i ...; `lazy` steps
+# lr_scale / lambda_max(J^T J) (power_iters iterations of power iteration), with the optimizer of
+# config.optimizer (sgd: Nesterov momentum `momentum`, 0: plain GD).
+DEFAULTS = dict(symmetric_init=False, ntk_scaling=False, lr_scale=1.0, momentum=0.0, power_iters=100)
+_MODEL_FIELDS = ('init_scale', 'parametrization', 'signs', 'lazy.symmetric_init', 'lazy.ntk_scaling')
+
+
+def validate(c):
+  z = c.lazy
+  for name in ('symmetric_init', 'ntk_scaling'):
+    if not isinstance(z[name], bool):
+      raise ConfigError(f'config.lazy.{name} must be True or False, got {z[name]!r}')
+  config_lib.check_finite('lazy.lr_scale', z.lr_scale, 0.0, True, 2.0, True)
+  config_lib.check_finite('lazy.momentum', z.momentum, 0.0, False, 1.0, True)
+  if not config_lib.is_int(z.power_iters) or z.power_iters < 1:
+    raise ConfigError(f'config.lazy.power_iters must be an integer >= 1, got {z.power_iters!r}')
+  if 'lazy' in c.algorithms and z.momentum and c.optimizer != 'sgd':
+    raise ConfigError(f'config.lazy.momentum applies to optimizer=sgd only (got optimizer={c.optimizer!r}); '
+                      'set it to 0 or pass the optimizer\'s own arguments in config.optimizer_kwargs')
+
+
+def _kwargs(c, dim: int, bucket: int):
+  spec = objectives.Spec(c.order, c.parametrization, 'dense', 0.0)
+  return dict(spec=spec, dim=dim, bucket=bucket, eps=c.eps, init_scale=c.init_scale,
+              symmetric_init=c.lazy.symmetric_init, ntk_scaling=c.lazy.ntk_scaling, dtype=config_lib.dtype_of(c))
+
+
+def build_lazy(c, dim: int, bucket: int) -> Lazy:
+  return Lazy(steps=c.steps, lr_scale=c.lazy.lr_scale, momentum=c.lazy.momentum, power_iters=c.lazy.power_iters,
+              optimizer=optim.from_config(c), **_kwargs(c, dim, bucket))
+
+
+def build_lazy_exact(c, dim: int, bucket: int, widths=()) -> LazyExact:
+  """widths: the grid of the engine's one program (the grid path); () the per-width path."""
+  return LazyExact(steps=1, widths=tuple(widths), **_kwargs(c, dim, bucket))
+
+
+def lazy_words_per_run(c, dim: int, bucket: int, rank: int) -> int:
+  """Parameters and copies, optimizer state, T*, T(W0), T_lin and the residual (d^l each), the
+  linearization's residuals and the power iterate."""
+  order = c.order
+  params = bucket * memory.params_per_component(c.parametrization, dim)
+  opt = optim.from_config(c)
+  extra = dict(momentum=c.lazy.momentum, nesterov=True) if (opt.name == 'sgd' and c.lazy.momentum) else {}
+  opt_words = memory.optimizer_words(dataclasses.replace(opt, kwargs=opt.kwargs + tuple(sorted(extra.items()))),
+                                     params, c.steps)
+  return (5 * params + opt_words + 6 * dim ** order + (order + 2) * bucket * dim ** (order - 1) + 2 * params)
+
+
+def exact_bytes(c, dim: int, bucket: int, rank: int, runs: int = 1) -> int:
+  """The whole program's bytes (one_program: memory.program_bytes passes runs = seeds per device);
+  its grid is config_lib.widths_of(c, 'lazy_exact') (one program per d)."""
+  widths = tuple(sorted(set(int(w) for w in config_lib.widths_of(c, 'lazy_exact'))))
+  return exact_program_bytes(c.order, dim, c.parametrization, 8 if c.x64 else 4, widths, runs)
+
+
+def exact_detail(c, dim: int, bucket: int) -> str:
+  return (f'J of {sym_dim(dim, c.order)} x {bucket * params_per_component(c.parametrization, dim)} '
+          '(C(d+l-1,l) x params) per seed')
+
+
+LAZY_SPEC = registry.AlgorithmSpec(
+    name='lazy', build=build_lazy, defaults=DEFAULTS, validate=validate, words_per_run=lazy_words_per_run,
+    reads=_MODEL_FIELDS + optim.FIELDS, row_fields=('linearization_gap', 'sym_dim', 'step_size', 'lambda_max'),
+    lazy=True)
+LAZY_EXACT_SPEC = registry.AlgorithmSpec(
+    name='lazy_exact', build=build_lazy_exact, bytes_per_run=exact_bytes, memory_detail=exact_detail,
+    reads=_MODEL_FIELDS, row_fields=('linearization_gap', 'sym_dim', 'tangent_rank'), lazy=True,
+    one_program=True)

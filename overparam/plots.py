@@ -11,20 +11,41 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from overparam import analysis  # noqa: E402
+from overparam import analysis, registry  # noqa: E402
+
+# Which algorithms a figure treats how comes from their registry flags (registry.AlgorithmSpec):
+# `lazy` (a linearization: the lazy-threshold figure, the alpha -> inf reference) and
+# `alpha_scaled` (its alpha sweep has its own figure). Rows of a config.axes sweep are grouped per
+# axis value: every curve (or panel) is one "arm", an algorithm at one value of each axis.
+
+
+def _is_lazy(name: str) -> bool:
+  return registry.flag(name, 'lazy')
+
+
+def _axes_suffix(r: Dict) -> str:
+  """' (lr = 0.01, beyond_lazy.init_scale = 0.001)' for the config.axes values of a row or entry."""
+  vals = [(k, r.get(k)) for k in r.get('axes') or () if r.get(k) is not None]
+  return f' ({", ".join(f"{k} = {v:g}" for k, v in vals)})' if vals else ''
+
+
+def _arm(r: Dict) -> str:
+  """The algorithm with its config.axes values: one curve per arm."""
+  return r['algorithm'] + _axes_suffix(r)
 
 
 def rel_error_vs_width(rows: Sequence[Dict], eps: float, path: str, algorithm: str):
-  """Median rel_error across seeds versus width, one line per d, band = min..max; diverged skipped."""
+  """Median rel_error across seeds versus width, one line per d (and config.axes value), band =
+  min..max; diverged skipped."""
   by_dim = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
     if r['algorithm'] == algorithm and r['rel_error'] is not None:
-      by_dim[r['dim']][r['width']].append(r['rel_error'])
+      by_dim[(r['dim'], _axes_suffix(r))][r['width']].append(r['rel_error'])
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for dim in sorted(by_dim):
     ws = sorted(by_dim[dim])
     errs = [np.asarray(by_dim[dim][w]) for w in ws]
-    line, = ax.plot(ws, [np.median(e) for e in errs], marker='o', label=f'd = {dim}')
+    line, = ax.plot(ws, [np.median(e) for e in errs], marker='o', label=f'd = {dim[0]}{dim[1]}')
     ax.fill_between(ws, [e.min() for e in errs], [e.max() for e in errs], color=line.get_color(), alpha=0.2)
   ax.axhline(eps, color='k', ls='--', lw=1, label=f'eps = {eps:g}')
   ax.set_xscale('log')
@@ -37,9 +58,6 @@ def rel_error_vs_width(rows: Sequence[Dict], eps: float, path: str, algorithm: s
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-
-
-LAZY_ALGORITHMS = ('lazy', 'lazy_exact')
 
 
 def _dimension_count(d, order):
@@ -57,16 +75,19 @@ def _fit_label(fits, **match):
 
 def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
   """Log-log m*(d) of the lazy algorithms, the tangent-rank threshold and the dimension count."""
-  ths = [t for t in analysis.thresholds(rows, eps) if t['order'] == order and t['algorithm'] in LAZY_ALGORITHMS]
+  ths = [t for t in analysis.thresholds(rows, eps) if t['order'] == order and _is_lazy(t['algorithm'])]
   rank_ths = [t for t in analysis.tangent_rank_thresholds(rows) if t['order'] == order]
   fits = analysis.exponents(ths) + analysis.exponents(rank_ths, 'rank_m_star')
   fig, ax = plt.subplots(figsize=(5.5, 4.2))
-  markers = {'lazy': ('o', 9), 'lazy_exact': ('x', 7)}
-  for alg in LAZY_ALGORITHMS:
-    pts = sorted((t['dim'], t['m_star']) for t in ths if t['algorithm'] == alg and t['m_star'] is not None)
+  markers = [('o', 9), ('x', 7), ('+', 8), ('D', 5), ('v', 6)]
+  arms = sorted({_arm(t) for t in ths})
+  for i, arm in enumerate(arms):
+    mine = [t for t in ths if _arm(t) == arm]
+    pts = sorted((t['dim'], t['m_star']) for t in mine if t['m_star'] is not None)
     if pts:
-      mk, size = markers[alg]
-      ax.plot(*zip(*pts), ls='none', marker=mk, ms=size, mfc='none', label=f'{alg} m*{_fit_label(fits, algorithm=alg, quantity="m_star")}')
+      mk, size = markers[i % len(markers)]
+      match = {k: mine[0].get(k) for k in ['algorithm'] + list(mine[0].get('axes') or ())}
+      ax.plot(*zip(*pts), ls='none', marker=mk, ms=size, mfc='none', label=f'{arm} m*{_fit_label(fits, quantity="m_star", **match)}')
   pts = sorted((t['dim'], t['rank_m_star']) for t in rank_ths if t['rank_m_star'] is not None)
   if pts:
     ax.plot(*zip(*pts), ls='none', marker='s', ms=4, color='k',
@@ -93,21 +114,21 @@ def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
 
 
 def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
-  """rel_error, movement and linearization gap of alpha-scaled gd versus alpha (median over seeds,
-  band = min..max, diverged runs left out and marked), one line per (d, width); the lazy algorithms'
-  values as the alpha -> inf reference."""
+  """rel_error, movement and linearization gap of the alpha-scaled algorithms (gd) versus alpha
+  (median over seeds, band = min..max, diverged runs left out and marked), one line per (arm, d,
+  width); the lazy algorithms' values as the alpha -> inf reference."""
   groups = collections.defaultdict(lambda: collections.defaultdict(list))
   ref = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
     if r['status'] == 'diverged':  # its movement and gap are not numbers worth plotting either
       continue
-    if r['algorithm'] == 'gd' and r.get('alpha') is not None:
-      groups[(r['dim'], r['width'])][r['alpha']].append(r)
-    elif r['algorithm'] in LAZY_ALGORITHMS:
-      ref[(r['dim'], r['width'])][r['algorithm']].append(r)
+    if registry.flag(r['algorithm'], 'alpha_scaled') and r.get('alpha') is not None:
+      groups[(r['dim'], r['width'], _arm(r))][r['alpha']].append(r)
+    elif _is_lazy(r['algorithm']):
+      ref[(r['dim'], r['width'])][_arm(r)].append(r)
   keys = ('rel_error', 'movement', 'linearization_gap')
   fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  for (dim, width), by_alpha in sorted(groups.items()):
+  for (dim, width, arm), by_alpha in sorted(groups.items()):
     alphas = sorted(by_alpha)
     for ax, key in zip(axes, keys):
       vals = [[r[key] for r in by_alpha[a] if r.get(key) is not None] for a in alphas]
@@ -115,9 +136,9 @@ def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
       if not pts:
         continue
       a, med, lo, hi = map(np.asarray, zip(*pts))
-      line, = ax.plot(a, med, marker='o', label=f'gd, d = {dim}, m = {width}')
+      line, = ax.plot(a, med, marker='o', label=f'{arm}, d = {dim}, m = {width}')
       ax.fill_between(a, lo, hi, color=line.get_color(), alpha=0.2)
-      for alg, ls in (('lazy', '--'), ('lazy_exact', ':')):
+      for alg, ls in zip(sorted(ref[(dim, width)]), ('--', ':', '-.', (0, (1, 3)))):
         lazy_rows = ref[(dim, width)].get(alg, [])
         v = [r[key] for r in lazy_rows if r.get(key) is not None]
         if not v or key == 'linearization_gap':
@@ -126,8 +147,8 @@ def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
           ax.plot(a, np.median(v) / a, ls=ls, color=line.get_color(), lw=1, label=f'{alg} movement / alpha')
         else:
           ax.axhline(np.median(v), ls=ls, color=line.get_color(), lw=1, label=f'{alg} (alpha -> inf)')
-  diverged = sorted({r['alpha'] for r in rows if r['algorithm'] == 'gd' and r.get('alpha') is not None
-                     and r['rel_error'] is None})
+  diverged = sorted({r['alpha'] for r in rows if registry.flag(r['algorithm'], 'alpha_scaled')
+                     and r.get('alpha') is not None and r['rel_error'] is None})
   if diverged:  # no number to plot: mark where they are
     axes[0].plot(diverged, [1.0] * len(diverged), ls='none', marker='x', color='r', label='diverged (some seeds)')
   axes[0].axhline(eps, color='k', lw=0.8, label=f'eps = {eps:g}')
@@ -138,16 +159,25 @@ def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
     ax.set_ylabel(key)
   axes[0].legend(fontsize=7)
   axes[1].legend(fontsize=7)
-  fig.suptitle('alpha-scaling (Chizat et al.): gd on alpha (T(W) - T(W0)), loss / alpha^2')
+  fig.suptitle('alpha-scaling (Chizat et al.): training alpha (T(W) - T(W0)), loss / alpha^2')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def _series_label(alg, alpha, extra='', rows=()):
-  """`alg[ (alpha = a)]extra`; alpha shown only when the rows hold several alphas of alg."""
-  swept = len({r.get('alpha') for r in rows if r['algorithm'] == alg}) > 1
-  return alg + (f' (alpha = {alpha:g})' if swept and alpha is not None else '') + extra
+def _series_label(arm, alpha, extra='', rows=()):
+  """`arm[ (alpha = a)]extra`; alpha shown only when the rows hold several alphas of the arm."""
+  swept = len({r.get('alpha') for r in rows if _arm(r) == arm}) > 1
+  return arm + (f' (alpha = {alpha:g})' if swept and alpha is not None else '') + extra
+
+
+def _match(t: Dict) -> Dict:
+  """Fields that identify a series of analysis entries: algorithm, alpha, config.axes values."""
+  out = {'algorithm': t['algorithm']}
+  if t.get('alpha') is not None:
+    out['alpha'] = t['alpha']
+  out.update({k: t.get(k) for k in t.get('axes') or ()})
+  return out
 
 
 def _plain_log_axes(ax):
@@ -165,26 +195,26 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
   ths = analysis.thresholds(rows, eps)
   fits = analysis.exponents(ths)
   boot = analysis.bootstrap_exponents(rows, eps)
-  spread = {(t['algorithm'], t['order'], t['dim'], t['rank'], t.get('alpha')):
+  spread = {(t['algorithm'], t['order'], t['dim'], t['rank'], analysis.extra_of(t)):
             [m for m in t['seed_m_star'].values() if m is not None] for t in analysis.seed_thresholds(rows, eps)}
   top = max(r['width'] for r in rows)
   series = collections.defaultdict(list)
   for t in ths:
-    series[(t['algorithm'], t['order'], t['rank'], t.get('alpha'))].append(t)
+    series[(t['algorithm'], t['order'], t['rank'], analysis.extra_of(t))].append(t)
   fig, ax = plt.subplots(figsize=(6.4, 4.6))
   drawn = [kv for kv in sorted(series.items(), key=lambda kv: str(kv[0])) if len({t['dim'] for t in kv[1]}) >= 2]
-  for i, ((alg, order, rank, alpha), ts) in enumerate(drawn):
+  for i, ((alg, order, rank, extra), ts) in enumerate(drawn):
     shift = 1.0 + 0.025 * (i - (len(drawn) - 1) / 2)  # side by side, so the error bars do not overlap
     pts = sorted((t['dim'], t['m_star']) for t in ts if t['m_star'] is not None)
-    match = dict(algorithm=alg, order=order, rank=rank, **({'alpha': alpha} if alpha is not None else {}))
+    match = dict(order=order, rank=rank, **_match(ts[0]))
     fit = _fit_label(fits, quantity='m_star', **match)
     b = next((e for e in boot if all(e.get(k) == v for k, v in match.items())), None)
     if fit and b is not None:
       fit += f' [{b["interval"][0]:.2f}, {b["interval"][1]:.2f}]'
-    label = _series_label(alg, alpha, f', l = {order}, r = {rank}{fit}', rows)
+    label = _series_label(_arm(ts[0]), extra[0], f', l = {order}, r = {rank}{fit}', rows)
     if pts:
       dims, ms = map(np.asarray, zip(*pts))
-      per_seed = [spread.get((alg, order, d, rank, alpha)) or [m] for d, m in pts]
+      per_seed = [spread.get((alg, order, d, rank, extra)) or [m] for d, m in pts]
       err = np.array([[max(m - min(p), 0) for m, p in zip(ms, per_seed)],
                       [max(max(p) - m, 0) for m, p in zip(ms, per_seed)]])
       line = ax.errorbar(dims * shift, ms, yerr=err, marker='o', ms=5, capsize=3, label=label).lines[0]
@@ -226,15 +256,15 @@ def m_star_vs_rank(rows: Sequence[Dict], eps: float, path: str):
   fits = analysis.rank_exponents(ths)
   series = collections.defaultdict(list)
   for t in ths:
-    series[(t['algorithm'], t['order'], t['dim'], t.get('alpha'))].append(t)
+    series[(t['algorithm'], t['order'], t['dim'], analysis.extra_of(t))].append(t)
   fig, ax = plt.subplots(figsize=(5.8, 4.2))
   ranks = sorted({t['rank'] for t in ths})
-  for (alg, order, dim, alpha), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
+  for (alg, order, dim, extra), ts in sorted(series.items(), key=lambda kv: str(kv[0])):
     pts = sorted((t['rank'], t['m_star']) for t in ts if t['m_star'] is not None)
     if len({t['rank'] for t in ts}) < 2 or not pts:
       continue
-    fit = _fit_label(fits, algorithm=alg, order=order, dim=dim, **({'alpha': alpha} if alpha is not None else {}))
-    ax.plot(*zip(*pts), marker='o', label=_series_label(alg, alpha, f', l = {order}, d = {dim}{fit}', rows))
+    fit = _fit_label(fits, order=order, dim=dim, **_match(ts[0]))
+    ax.plot(*zip(*pts), marker='o', label=_series_label(_arm(ts[0]), extra[0], f', l = {order}, d = {dim}{fit}', rows))
   ax.plot(ranks, ranks, color='gray', lw=1, ls=':', label='m = r')
   ax.set_xscale('log')
   ax.set_yscale('log')
@@ -250,10 +280,10 @@ def m_star_vs_rank(rows: Sequence[Dict], eps: float, path: str):
 
 def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
   """Share of seeds reaching rel_error < eps versus the over-parameterization m / r (the local-minima
-  experiment): one panel per algorithm[, alpha], one line per rank, colored by rank."""
+  experiment): one panel per arm[, alpha], one line per rank, colored by rank."""
   series = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in rows:
-    series[(r['algorithm'], r.get('alpha'))][(r['rank'], r['width'] / r['rank'])].append(
+    series[(_arm(r), r.get('alpha'))][(r['rank'], r['width'] / r['rank'])].append(
         r['rel_error'] is not None and r['rel_error'] < eps)
   ranks = sorted({r['rank'] for r in rows})
   colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(ranks)))
@@ -280,15 +310,17 @@ def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
 def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: Optional[float] = None,
                   title: str = ''):
   """One panel per d, one line per algorithm (median of `key` across seeds versus width, band =
-  min..max), log-log; alpha-swept algorithms left out (alpha_scaling draws them). eps: a dashed line."""
-  swept = {a for a in {r['algorithm'] for r in rows} if len({r.get('alpha') for r in rows if r['algorithm'] == a}) > 1}
+  min..max), one line per arm with config.axes; log-log; alpha-swept algorithms left out
+  (alpha_scaling draws them). eps: a dashed line."""
+  swept = _alpha_swept(rows)
   data = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
   for r in rows:
     if r['algorithm'] not in swept and r.get(key) is not None:
-      data[r['dim']][r['algorithm']][r['width']].append(r[key])
+      data[r['dim']][_arm(r)][r['width']].append(r[key])
   dims = sorted(data)
   algs = sorted({a for d in dims for a in data[d]})
-  colors = dict(zip(algs, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+  cycle = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  colors = {a: cycle[i % len(cycle)] for i, a in enumerate(algs)}
   ncol = min(len(dims), 4)
   nrow = max(1, math.ceil(len(dims) / ncol))
   fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), sharey=True, squeeze=False)
@@ -381,6 +413,12 @@ def deflation(rows: Sequence[Dict], workdir: str, eps: float, path: str, max_run
   plt.close(fig)
 
 
+def _alpha_swept(rows) -> set:
+  """Alpha-scaled algorithms with several alphas in the rows (the alpha_scaling figure draws them)."""
+  algs = {r['algorithm'] for r in rows if registry.flag(r['algorithm'], 'alpha_scaled')}
+  return {a for a in algs if len({r.get('alpha') for r in rows if r['algorithm'] == a}) > 1}
+
+
 def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str, workdir: Optional[str] = None):
   """Every figure the rows support, into figures_dir; returns the paths written.
 
@@ -388,27 +426,28 @@ def draw_all(rows: Sequence[Dict], eps: float, figures_dir: str, workdir: Option
   os.makedirs(figures_dir, exist_ok=True)
   paths = []
   algs = {r['algorithm'] for r in rows}
-  swept = {a for a in algs if len({r.get('alpha') for r in rows if r['algorithm'] == a}) > 1}
+  swept = _alpha_swept(rows)
+  lazy_algs = {a for a in algs if _is_lazy(a)}
   for alg in sorted(algs - swept):  # an alpha sweep has its own figure
     p = os.path.join(figures_dir, f'rel_error_vs_width_{alg}.png')
     rel_error_vs_width(rows, eps, p, alg)
     paths.append(p)
-  for order in sorted({r['order'] for r in rows if r['algorithm'] in LAZY_ALGORITHMS}):
-    if len({r['dim'] for r in rows if r['order'] == order and r['algorithm'] in LAZY_ALGORITHMS}) > 1:
+  for order in sorted({r['order'] for r in rows if r['algorithm'] in lazy_algs}):
+    if len({r['dim'] for r in rows if r['order'] == order and r['algorithm'] in lazy_algs}) > 1:
       p = os.path.join(figures_dir, f'lazy_threshold_l{order}.png')
       lazy_threshold(rows, eps, p, order)
       paths.append(p)
-  if len(algs - swept) >= 2:  # several algorithms on the same targets: compare them per d
+  if len({_arm(r) for r in rows if r['algorithm'] not in swept}) >= 2:  # several arms on the same targets
     for name, key, label, e in (('rel_error_vs_width', 'rel_error', 'relative error', eps),
                                 ('movement_vs_width', 'movement', 'movement ||W - W0|| / ||W0||', None)):
       p = os.path.join(figures_dir, f'{name}.png')
       by_dim_panels(rows, p, key, label, eps=e, title=f'{label} versus width, ')
       paths.append(p)
-  if 'gd' in swept:
+  if swept:
     p = os.path.join(figures_dir, 'alpha_scaling.png')
     alpha_scaling(rows, eps, p)
     paths.append(p)
-  if any(len({r['dim'] for r in rows if r['algorithm'] == a}) > 1 for a in algs - set(LAZY_ALGORITHMS)):
+  if any(len({r['dim'] for r in rows if r['algorithm'] == a}) > 1 for a in algs - lazy_algs):
     p = os.path.join(figures_dir, 'm_star_vs_dim.png')
     m_star_vs_dim(rows, eps, p)
     paths.append(p)

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from overparam import algorithms
+from overparam import algorithms, results
 
 
 def bucket_widths(widths: Sequence[int]) -> List[List[int]]:
@@ -73,14 +73,22 @@ def to_host(tree):
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+class Compiled(NamedTuple):
+  init: Callable
+  chunk: Callable
+  finish: Callable
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
-  """(init, chunk, export, dense, extras) jitted and vmapped over runs; cached per algorithm.
+  """(init, chunk, finish) jitted and vmapped over runs; cached per algorithm.
 
   chunk(state, data) -> (state, trace): `chunk_steps` steps; with trace_every > 0 (a divisor of
   chunk_steps) it also returns alg.trace(state, data) after every trace_every steps, stacked on
-  axis 1, else an empty dict. export, dense_model and extras are optional methods of the
-  algorithm (None when absent).
+  axis 1, else an empty dict. finish(state, data) -> (exported, dense, extras): the algorithm's
+  export, dense_model and extras (algorithms.Algorithm; their defaults return None / {}, which the
+  engine passes on as None / {}) in ONE program, so a bucket compiles three executables, not five
+  (each is a pure function of the final state: fusing them changes no number, tests/test_cache.py).
   """
 
   def steps(state, data, n):
@@ -97,8 +105,11 @@ def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 
 
   init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
   chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
-  optional = lambda name: jax.jit(jax.vmap(getattr(alg, name))) if hasattr(alg, name) else None
-  return init, chunk, optional('export'), optional('dense_model'), optional('extras')
+
+  def finish(state, data):
+    return alg.export(state, data), alg.dense_model(state, data), alg.extras(state, data) or {}
+
+  return Compiled(init, chunk, jax.jit(jax.vmap(finish)))
 
 
 def fingerprint(alg, cells, n_total: int) -> str:
@@ -110,11 +121,7 @@ def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: s
   """Atomically writes the run state and the trace recorded so far ({} when not tracing)."""
   arrays = {f's{i}': x for i, x in enumerate(jax.tree.leaves(host_state))}
   arrays.update({f't_{k}': v for k, v in trace.items()})
-  tmp = f'{path}.tmp.{os.getpid()}.npz'
-  np.savez(tmp, **arrays, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
-  with open(tmp, 'rb') as f:
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  results.save_npz_atomic(path, **arrays, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
 
 
 def _load_checkpoint(path: str, like, fp: str):
@@ -155,11 +162,14 @@ class Outcome(NamedTuple):
 def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
-                on_chunk: Optional[Callable[[int], None]] = None):
+                on_chunk: Optional[Callable[[int], None]] = None, init_state=None):
   """Runs every cell of one program to completion.
 
   data: host RunData with leading axis len(cells). trace_every > 0 records alg.trace every
-  that many steps (it must divide chunk_steps). Returns an Outcome.
+  that many steps (it must divide chunk_steps). init_state: a host RunState (leading axis len(cells))
+  to continue from instead of alg.init (no checkpoint is then read or written). With a checkpoint
+  path, the final state is checkpointed before returning, so that a kill while the caller finishes
+  the program (rows, params) resumes from here. Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
@@ -167,10 +177,13 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
   n_total = padded_runs(n, mesh.size)
   if trace_every and chunk_steps % trace_every:
     raise ValueError(f'trace_every={trace_every} must divide chunk_steps={chunk_steps}')
-  init_fn, chunk_fn, export_fn, dense_fn, extras_fn = compiled(alg, chunk_steps, sharding, trace_every)
+  init_fn, chunk_fn, finish_fn = compiled(alg, chunk_steps, sharding, trace_every)
   gdata = to_global(pad_runs(data, n_total), sharding)
   t0 = time.time()
-  state = init_fn(gdata)
+  if init_state is not None:
+    state, checkpoint_path = to_global(pad_runs(init_state, n_total), sharding), None
+  else:
+    state = init_fn(gdata)
   n_chunks = -(-alg.steps // chunk_steps)
   start = 0
   fp = fingerprint(alg, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
@@ -183,7 +196,9 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
       logging.info('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
   joined = lambda: {k: np.concatenate([t[k] for t in traces], axis=1) for k in (traces[0] if traces else {})}
   last_ckpt = time.time()
+  ran = False
   for k in range(start, n_chunks):
+    ran = True
     state, tr = chunk_fn(state, gdata)
     if trace_every:
       traces.append(to_host(tr))
@@ -204,10 +219,10 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
       if is_writer:
         _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
       last_ckpt = time.time()
-  exported = to_host(export_fn(state, gdata)) if export_fn else None
-  dense = to_host(dense_fn(state, gdata)) if dense_fn else None
-  extras = to_host(extras_fn(state, gdata)) if extras_fn else {}
+  exported, dense, extras = to_host(finish_fn(state, gdata))
   host_state = to_host(state)
+  if checkpoint_path and ran and is_writer:  # chunks_done = n_chunks: a resume goes straight to finishing
+    _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp)
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
   return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +72,7 @@ def recovery(request):
   return order, targets, run_engine(alg, datas, chunk_steps=500)
 
 
+@pytest.mark.slow
 def test_recovers_small_targets_to_1e3(recovery):
   order, targets, out = recovery
   for i, t in enumerate(targets):
@@ -97,6 +99,7 @@ def _set_norms(state, norms):
   return state._replace(params={**state.params, 'factors': w})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
 def test_reinit_redraws_exactly_the_small_real_components(optimizer):
   # bucket 6 > epoch_length 3: the next epoch's directions are drawn 2 rows per step.
@@ -172,11 +175,11 @@ def reinit_runs():
   return a, b, unpadded
 
 
+@pytest.mark.slow
 def test_deterministic_with_reinitialization(reinit_runs):
   a, b, _ = reinit_runs
   assert np.all(a.extras['reinitialized'] > 0)
-  for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):  # chunking changes nothing
-    np.testing.assert_array_equal(x, y)
+  chex.assert_trees_all_equal(a.state, b.state)  # chunking changes nothing
   np.testing.assert_array_equal(a.exported[0], b.exported[0])
   assert int(b.trace['epoch'][0, -1]) == int(a.extras['epochs'][0])
 
@@ -199,6 +202,7 @@ def _run_steps(alg, data, n):
   return jax.jit(lambda d: jax.lax.scan(body, alg.init(d), None, length=n))(data)
 
 
+@pytest.mark.slow
 def test_dense_and_implicit_losses_drive_identical_trajectories():
   order, dim = 3, 4
   t = make_target(order, dim, 2, seed=2, weights=(1.0, 0.6))
@@ -210,6 +214,7 @@ def test_dense_and_implicit_losses_drive_identical_trajectories():
   np.testing.assert_allclose(np.asarray(ri), np.asarray(rd), rtol=1e-8, atol=1e-10)  # implicit: cancellation
 
 
+@pytest.mark.slow
 def test_trains_on_the_normalized_target():
   """Scaling T* by s leaves the run unchanged and scales the export by s (dimensionless units)."""
   order, dim = 3, 4
@@ -256,6 +261,7 @@ def test_config_validation(field, value, match):
     config_lib.validate(c)
 
 
+@pytest.mark.slow
 def test_both_arms_in_one_sweep(tmp_path):
   c = config_lib.base_config()
   c.algorithms = ('beyond_lazy', 'gd')
@@ -302,6 +308,7 @@ def test_cp_file_target_gets_recovery_metrics(tmp_path):
   assert config_lib.resolve_loss(c) == 'dense'
 
 
+@pytest.mark.slow
 def test_ranks_axis(tmp_path):
   """config.ranks: one sweep over r; rows carry rank, files are tagged, m* is fitted against r."""
   c = config_lib.base_config()

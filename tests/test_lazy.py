@@ -18,7 +18,7 @@ import pytest
 from overparam import algorithms, analysis, config_lib, experiments, lazy, memory, objectives, results, tensors
 from overparam.errors import ConfigError
 
-from tests.test_tensors import np_outer_cp
+from tests.support import np_outer_cp
 
 F64 = jnp.float64
 
@@ -94,6 +94,7 @@ def np_unique_rows(dim, order):
 # ------------------------------------------------------------------------------------------------
 # The unique-entry basis
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order,dim', [(2, 5), (3, 4), (4, 3)])
 def test_unique_basis_is_an_isometry_on_symmetric_tensors(order, dim):
   rng = np.random.default_rng(order)
@@ -122,6 +123,7 @@ RANK_CASES = [  # (order, d, m, parametrization): below, at and above the count,
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order,dim,width,parametrization', RANK_CASES)
 def test_unique_jacobian_and_rank_match_numpy(order, dim, width, parametrization):
   bucket = width + 2  # padded: two masked components
@@ -141,6 +143,7 @@ def test_unique_jacobian_and_rank_match_numpy(order, dim, width, parametrization
     assert want == lazy.sym_dim(dim, order) - 1  # the count m d >= C(d+l-1, l) is not sufficient
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('symmetric_init,ntk_scaling', [(False, False), (True, True)])
 def test_linearization_is_first_order_exact(symmetric_init, ntk_scaling):
   """T_lin(W0 + h V) - T(W0 + h V) = O(h^2), and J V equals a central difference of T."""
@@ -193,6 +196,7 @@ def _run(alg, data, steps):
   return jax.lax.fori_loop(0, steps, lambda _, s: alg.step(s, data), state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('width,momentum', [(2, 0.0), (9, 0.9)])
 def test_lazy_gd_converges_to_the_exact_min_norm_solution(width, momentum):
   """Below (m d = 8 < 20) and above (36 >= 20) the threshold, GD from W0 reaches lazy_exact's
@@ -214,6 +218,7 @@ def test_lazy_gd_converges_to_the_exact_min_norm_solution(width, momentum):
   assert int(s_exact.aux['tangent_rank']) == (width * dim if below else lazy.sym_dim(dim, order))
 
 
+@pytest.mark.slow
 def test_padding_changes_nothing():
   """A width-m run padded to a wider bucket computes what the unpadded run computes."""
   order, dim, width = 3, 4, 3
@@ -332,6 +337,7 @@ def test_power_iteration_finds_lambda_max():
 # ------------------------------------------------------------------------------------------------
 # alpha-scaling approaches the lazy model
 
+@pytest.mark.slow
 def test_alpha_scaled_gd_approaches_lazy_gd():
   """GD on T(W0) + alpha (T(W) - T(W0)) with loss / alpha^2 and lazy GD with the same step and init:
   their models differ by O(1/alpha), and so does the linearization gap."""
@@ -370,7 +376,7 @@ def tiny_config(**kw):
 
 
 def test_memory_refusal_before_anything_is_written(tmp_path):
-  c = tiny_config(algorithms=('lazy_exact',))
+  c = tiny_config(algorithms=('lazy_exact',), lr=0.05, alphas=())  # lr, alphas: gd's, at their defaults
   c.memory_gb = 1e-6
   # lazy_exact is one program per d: its runs are the seeds, each factorizing J at the largest width
   with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2, 9\] \(2 runs per device, J of 20 x 45 '):
@@ -381,7 +387,7 @@ def test_memory_refusal_before_anything_is_written(tmp_path):
   c.memory_gb = need / 2 ** 30
   memory.check(c)
   c.memory_gb = 0.99 * need / 2 ** 30
-  with pytest.raises(ConfigError, match=r'widths \[2, 9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per run'):
+  with pytest.raises(ConfigError, match=r'widths \[2, 9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per seed'):
     memory.check(c)
 
 
@@ -404,6 +410,7 @@ def test_alphas_are_validated():
     config_lib.validate(tiny_config(alphas=(1.0, 1.0)))
 
 
+@pytest.mark.slow
 def test_engine_rows_alpha_axis_resume_and_summary(tmp_path):
   wd = str(tmp_path / 'wd')
   c = tiny_config()

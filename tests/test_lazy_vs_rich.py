@@ -41,6 +41,7 @@ def default_workdir(tmp_path_factory):
   return c, wd, summary
 
 
+@pytest.mark.slow
 def test_shrunken_default_writes_the_whole_contract(default_workdir):
   c, wd, summary = default_workdir
   assert set(c.algorithms) == set(config_lib.ALGORITHMS)
@@ -69,6 +70,7 @@ def test_shrunken_default_writes_the_whole_contract(default_workdir):
   assert {'m_star_vs_dim.png', 'rel_error_vs_width.png', 'movement_vs_width.png', 'lazy_threshold_l3.png'} <= figs
 
 
+@pytest.mark.slow
 def test_plot_only_redraws_the_same_files_without_computing(default_workdir):
   _, wd, _ = default_workdir
   fig_dir = os.path.join(wd, 'figures')
@@ -84,6 +86,7 @@ def test_plot_only_redraws_the_same_files_without_computing(default_workdir):
   assert open(os.path.join(wd, 'results.jsonl')).read() == results_before
 
 
+@pytest.mark.slow
 def test_plot_only_on_a_non_workdir_is_one_error_line(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   p = subprocess.run([sys.executable, 'launch.py', f'--workdir={tmp_path}', '--plot_only'], cwd=ROOT, env=env,

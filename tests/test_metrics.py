@@ -57,6 +57,7 @@ def test_recovery_unnormalized_truth_and_no_components():
   assert empty['aligned_weight'] == [0.0, 0.0] and empty['active_components'] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', [0, 1])
 def test_alignment_jax_matches_recovery(seed):
   cases = [hand_case()]

@@ -1,5 +1,6 @@
 """Parametrizations and the loss: dense == implicit (value and gradient), finite differences."""
 
+import chex
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import pytest
 
 from overparam import objectives, tensors
 
-from tests.test_tensors import np_outer_cp
+from tests.support import np_outer_cp
 
 
 def _problem(order, parametrization, m=4, d=5, r=3, seed=0):
@@ -23,6 +24,7 @@ def _problem(order, parametrization, m=4, d=5, r=3, seed=0):
   return params, signs, target
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order', [2, 3, 4, 5])
 @pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
 def test_dense_and_implicit_agree_value_and_grad(order, parametrization):
@@ -35,8 +37,7 @@ def test_dense_and_implicit_agree_value_and_grad(order, parametrization):
     vals[loss] = jax.value_and_grad(f)(params)
   (vd, gd), (vi, gi) = vals['dense'], vals['implicit']
   np.testing.assert_allclose(float(vd), float(vi), rtol=1e-10)
-  for a, b in zip(jax.tree.leaves(gd), jax.tree.leaves(gi)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+  chex.assert_trees_all_close(gd, gi, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize('parametrization', objectives.PARAMETRIZATIONS)
@@ -99,8 +100,7 @@ def test_init_prefix_property():
   key = jax.random.PRNGKey(7)
   small = objectives.init_params(key, 'cp', 3, 6, 0.5, jnp.float64)
   wide = objectives.init_params(key, 'cp', 8, 6, 0.5, jnp.float64)
-  for a, b in zip(jax.tree.leaves(small), jax.tree.leaves(wide)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b)[:3], rtol=1e-15, atol=1e-16)
+  chex.assert_trees_all_close(small, jax.tree.map(lambda x: x[:3], wide), rtol=1e-15, atol=1e-16)
   np.testing.assert_allclose(np.linalg.norm(np.asarray(wide['factors']), axis=1), 0.5, rtol=1e-12)
 
 

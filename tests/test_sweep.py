@@ -3,39 +3,18 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from overparam import algorithms, config_lib, experiments, sweep
+from tests.support import finish, launch, load_rows, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUMERIC = ('rel_error', 'steps', 'movement', 'status', 'recovered_fraction', 'max_cos')
-
-
-def tiny_config(**overrides):
-  c = config_lib.base_config()
-  c.algorithms = ('gd',)
-  c.order, c.dims, c.rank = 3, (6,), 2
-  c.widths = (2, 3, 4)
-  c.num_seeds = 2
-  c.steps, c.chunk_steps = 120, 30
-  c.lr, c.init_scale, c.eps = 0.05, 0.3, 0.05
-  c.checkpoint_every_s = 0.0
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def rows_by_cell(rows):
   return {(r['algorithm'], r['dim'], r['width'], r['seed']): r for r in rows}
-
-
-def load_rows(workdir):
-  with open(os.path.join(workdir, 'results.jsonl')) as f:
-    return [json.loads(line) for line in f]
 
 
 def assert_same_results(a, b):
@@ -62,6 +41,7 @@ def _program(c, cells, bucket):
   return sweep.run_program(alg, data, cells, chunk_steps=config_lib.chunk_of(c))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('parametrization', ['cp', 'homogeneous'])
 def test_padded_run_equals_unpadded_run(parametrization):
   """(m=3, seed) inside a bucket of width 5 with other widths and seeds == a lone width-3 run."""
@@ -76,6 +56,7 @@ def test_padded_run_equals_unpadded_run(parametrization):
     assert batched.state.status[i] == alone.state.status[0]
 
 
+@pytest.mark.slow
 def test_divergence_is_marked_and_other_runs_go_on(tmp_path):
   c = tiny_config(lr=0.05)
   cells = [(3, 0), (3, 1)]
@@ -96,6 +77,7 @@ class Crash(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_resume_after_crash_equals_unbroken_run(tmp_path):
   c = tiny_config(widths=(2, 5), trace_every=10, eps=1e-9)  # no early stop: 4 chunks per program
   unbroken = str(tmp_path / 'unbroken')
@@ -127,6 +109,7 @@ def test_resume_after_crash_equals_unbroken_run(tmp_path):
   assert len(load_rows(broken)) == 4
 
 
+@pytest.mark.slow
 def test_torn_results_line_is_recomputed(tmp_path):
   c = tiny_config(widths=(2,))
   wd = str(tmp_path / 'w')
@@ -152,23 +135,6 @@ def test_workdir_with_other_config_is_refused(tmp_path):
 
 # ---- command line: several devices, several processes, user errors -------------------------------
 
-CLI = ['--config=configs/default.py', '--config.x64=False', '--config.dims=(6,)', '--config.rank=2', '--config.widths=(2,3,5)',
-       '--config.num_seeds=3', '--config.steps=90', '--config.chunk_steps=30']
-
-
-def launch(workdir, *extra, env=None, **kw):
-  e = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
-  # gd only, unless the test picks (a repeated tuple override would concatenate)
-  algs = [] if any(a.startswith('--config.algorithms') for a in extra) else ['--config.algorithms=("gd",)']
-  return subprocess.Popen([sys.executable, 'launch.py', *CLI, *algs, f'--workdir={workdir}', *extra], cwd=ROOT,
-                          env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def finish(p, timeout=300):
-  out, err = p.communicate(timeout=timeout)
-  return p.returncode, err
-
-
 @pytest.fixture(scope='module')
 def one_device_run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('one'))
@@ -177,6 +143,7 @@ def one_device_run(tmp_path_factory):
   return load_rows(wd)
 
 
+@pytest.mark.slow
 def test_four_devices_give_identical_results(one_device_run, tmp_path):
   rc, err = finish(launch(str(tmp_path), env={'JAX_NUM_CPU_DEVICES': '4'}))
   assert rc == 0, err[-2000:]
@@ -192,6 +159,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_give_identical_results(one_device_run, tmp_path):
   port = _free_port()
   procs = [launch(str(tmp_path), '--config.distributed=True', f'--coordinator_address=localhost:{port}',
@@ -214,6 +182,7 @@ def test_two_processes_give_identical_results(one_device_run, tmp_path):
     (['--config.target.kind=gaussian'], 'config.target.kind'),
     (['--config=configs/does_not_exist.py'], '--config'),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_error_line(tmp_path, args, field):
   rc, err = finish(launch(str(tmp_path / 'w'), *args))
   assert rc == 2

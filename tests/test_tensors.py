@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 
 from overparam import tensors
-
-
-def np_outer_cp(c, v, order):
-  """Independent oracle: sum_i c_i v_i (x) ... (x) v_i with explicit outer products."""
-  out = 0.0
-  for ci, vi in zip(c, v):
-    t = vi
-    for _ in range(order - 1):
-      t = np.multiply.outer(t, vi)
-    out = out + ci * t
-  return out
+from tests.support import np_outer_cp
 
 
 @pytest.mark.parametrize('order', [2, 3, 4, 5])
@@ -40,6 +30,7 @@ def test_cp_inner_matches_dense_inner(order):
   np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order', [2, 3, 4])
 def test_cp_self_inner_custom_jvp_matches_autodiff(order):
   """The hand-written JVP against autodiff of the plain Gram form: forward, reverse, second order."""
@@ -56,6 +47,7 @@ def test_cp_self_inner_custom_jvp_matches_autodiff(order):
   np.testing.assert_allclose(np.asarray(hvp(fast)), np.asarray(hvp(plain)), rtol=1e-11)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('order', [2, 3, 4])
 def test_cp_residual_sq_custom_jvp_matches_autodiff(order):
   rng = np.random.default_rng(30 + order)
@@ -94,6 +86,7 @@ KEY = jax.random.PRNGKey(0)
 
 @pytest.mark.parametrize('gen', [tensors.random_unit, tensors.orthonormal,
                                  functools.partial(tensors.coherent, coherence=0.3)])
+@pytest.mark.slow
 def test_generators_unit_and_deterministic(gen):
   a = np.asarray(gen(KEY, 4, 9, dtype=jnp.float64))
   assert a.shape == (4, 9)
@@ -118,6 +111,7 @@ def test_coherent_has_requested_coherence(mu):
     tensors.coherent(KEY, 4, 10, 1.0)
 
 
+@pytest.mark.slow
 def test_make_target_weights_and_noise():
   t = tensors.make_target(KEY, 'random_unit', 3, 6, 3, weights=(3.0, 2.0, 1.0), dtype=jnp.float64)
   np.testing.assert_array_equal(np.asarray(t.coeffs), [3.0, 2.0, 1.0])

@@ -1,11 +1,17 @@
 r"""Kill-and-resume trials: SIGKILL the launcher at random moments, re-run, compare with an unbroken run.
 
-  python -m tools.kill_resume --trials=10 --kills=3
+  python -m tools.kill_resume --trials=10 --kills=3 --finish_trials=5 --concurrent_trials=3
 
-Each trial starts the same command into a fresh workdir, kills it with SIGKILL after a random delay
-(up to `kills` times, each time re-running the same command), then lets it finish. A trial passes
-when results.jsonl holds exactly one line per cell, every line parses, every number equals the
-unbroken run's, and no temporary file is left in the workdir. Prints one line per trial and a total.
+Each trial starts the same command into a fresh workdir and then lets it finish:
+- random kills: SIGKILL after a random delay (up to `kills` times, each time re-running the command);
+- finishing kills: SIGKILL while a program is being finished (0-50 ms after its `finishing` log line,
+  when rows and params are being written), `kills` times;
+- concurrent launches: two launches of the same command into one workdir at once (one must be refused
+  with `error: ... in use by another launch`, or find nothing left to do), then a SIGKILL of the
+  survivor and a third launch while a fourth tries to join.
+A trial passes when results.jsonl holds exactly one line per cell (0 lost, 0 duplicated), every line
+parses, every number equals the unbroken run's, and no temporary file is left in the workdir. Prints
+one line per trial and a total.
 """
 
 import argparse
@@ -77,7 +83,7 @@ def check(workdir, reference):
       if k in ref and r.get(f) != ref[k].get(f):
         problems.append(f'{k} {f}: {r.get(f)} != {ref[k].get(f)}')
   for dirpath, _, files in os.walk(workdir):
-    problems += [f'temporary file {f}' for f in files if '.tmp.' in f]
+    problems += [f'temporary file {f}' for f in files if '.overparam-tmp.' in f or '.tmp.' in f]
   return problems
 
 
@@ -97,7 +103,59 @@ def trial(workdir, reference, kills, max_delay, rng):
   return killed_at, check(workdir, reference)
 
 
-def main(trials=10, kills=3, max_delay=None, seed=0):
+def kill_while_finishing(workdir, rng):
+  """Starts the command and SIGKILLs it 0-50 ms after its first `finishing` log line; returns the
+  delay, or None if it finished without one (nothing left to finish)."""
+  p = _start(workdir)
+  for line in p.stderr:
+    if ': finishing ' in line:
+      delay = rng.uniform(0.0, 0.05)
+      time.sleep(delay)
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+      return round(delay, 3)
+  p.wait()
+  return None
+
+
+def finish_trial(workdir, reference, kills, rng):
+  killed_at = []
+  for _ in range(kills):
+    d = kill_while_finishing(workdir, rng)
+    if d is None:
+      break
+    killed_at.append(d)
+  run_to_end(workdir)
+  return killed_at, check(workdir, reference)
+
+
+def concurrent_trial(workdir, reference, rng):
+  """Two launches at once; then a kill of the one running while another tries to join; then the end."""
+  events = []
+  a, b = _start(workdir), _start(workdir)
+  for p in (a, b):
+    _, err = p.communicate(timeout=600)
+    events.append(p.returncode)
+    if p.returncode not in (0, 2) or (p.returncode == 2 and 'in use by another launch' not in err):
+      return events, [f'unexpected exit {p.returncode}: {err.strip().splitlines()[-1:]}']
+  if events.count(0) < 1:
+    return events, ['neither concurrent launch ran']
+  # a fresh workdir: a running launch (pid holding the lock), a second one refused, the first killed
+  fresh = workdir + '_b'
+  p = _start(fresh)
+  time.sleep(rng.uniform(0.3, 2.0))
+  q = _start(fresh)
+  _, err = q.communicate(timeout=600)
+  events.append(q.returncode)
+  if q.returncode == 2 and 'in use by another launch' not in err:
+    return events, [f'second launch: {err.strip().splitlines()[-1:]}']
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  run_to_end(fresh)  # the killed holder's lock is gone at once
+  return events, check(workdir, reference) + check(fresh, reference)
+
+
+def main(trials=10, kills=3, max_delay=None, seed=0, finish_trials=0, concurrent_trials=0):
   rng = random.Random(seed)
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, 'kill_resume_config.py'), 'w') as f:
@@ -114,7 +172,20 @@ def main(trials=10, kills=3, max_delay=None, seed=0):
       total_kills += len(killed_at)
       print(f'trial {i}: killed at {killed_at} s, cells {len(reference)}, '
             f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
-    print(f'{trials - failures} passed, {failures} failed ({total_kills} kills in all)')
+    for i in range(finish_trials):
+      killed_at, problems = finish_trial(os.path.join(tmp, f'f{i}'), reference, kills, rng)
+      failures += bool(problems)
+      total_kills += len(killed_at)
+      print(f'finishing trial {i}: killed {len(killed_at)}x while finishing (ms after the log line: '
+            f'{[round(1000 * d) for d in killed_at]}), cells {len(reference)}, '
+            f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
+    for i in range(concurrent_trials):
+      codes, problems = concurrent_trial(os.path.join(tmp, f'c{i}'), reference, rng)
+      failures += bool(problems)
+      print(f'concurrent trial {i}: exit codes {codes}, cells {len(reference)}, '
+            f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
+    n = trials + finish_trials + concurrent_trials
+    print(f'{n - failures} passed, {failures} failed ({total_kills} kills in all)')
   return failures
 
 
@@ -123,5 +194,8 @@ if __name__ == '__main__':
   ap.add_argument('--trials', type=int, default=10)
   ap.add_argument('--kills', type=int, default=3)
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--finish_trials', type=int, default=3)
+  ap.add_argument('--concurrent_trials', type=int, default=2)
   a = ap.parse_args()
-  sys.exit(1 if main(a.trials, a.kills, seed=a.seed) else 0)
+  sys.exit(1 if main(a.trials, a.kills, seed=a.seed, finish_trials=a.finish_trials,
+                     concurrent_trials=a.concurrent_trials) else 0)

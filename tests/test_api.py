@@ -1,0 +1,194 @@
+"""The Python API (overparam.decompose, overparam.run) against independent numpy and the launcher."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import overparam
+from overparam.errors import ConfigError, TargetError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def planted(dim=5, order=3):
+  """A rank-2 CP tensor: unequal weights, random unit directions (numpy, float64)."""
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(2, dim))
+  a /= np.linalg.norm(a, axis=1, keepdims=True)
+  return np.array([1.0, 0.6]), a
+
+
+def dense(coeffs, factors, order):
+  """sum_j c_j a_j^{(x)order} by einsum (independent of the library's Khatri-Rao GEMM)."""
+  letters = 'ijklmn'[:order]
+  spec = ','.join(['r'] + [f'r{x}' for x in letters]) + '->' + letters
+  return np.einsum(spec, coeffs, *[factors] * order)
+
+
+def numpy_rel_error(res, t_star, order):
+  t = dense(res.coeffs.astype(np.float64), res.factors.astype(np.float64), order)
+  return np.linalg.norm(t - t_star) / np.linalg.norm(t_star)
+
+
+@pytest.mark.slow
+def test_decompose_dense_planted_rank_2():
+  c, a = planted()
+  t_star = dense(c, a, 3)
+  res = overparam.decompose(t_star, 4, eps=1e-3, x64=True)
+  assert res.status == 'converged' and res.rel_error < 1e-3
+  assert isinstance(res.rel_error, float)
+  assert res.coeffs.shape == (4,) and res.factors.shape == (4, 5) and res.factors.dtype == np.float64
+  np.testing.assert_allclose(res.rel_error, numpy_rel_error(res, t_star, 3), rtol=1e-9)
+  assert res.config.algorithms == ('beyond_lazy',) and res.config.dims == (5,) and res.config.widths == (4,)
+  assert res.row['width'] == 4 and res.steps == res.row['steps'] > 0
+
+
+@pytest.mark.slow
+def test_decompose_lazy_exact_has_no_cp_export():
+  """The lazy model T(W0) + J dW is not a CP tensor: no coeffs/factors, the row's numbers still are.
+  At d = 5, m = 8 > C(7,3)/5 the tangent space spans all 35 symmetric directions: an exact fit."""
+  t_star = dense(*planted(), 3)
+  res = overparam.decompose(t_star, 8, algorithm='lazy_exact', x64=True, eps=1e-8)
+  assert res.coeffs is None and res.factors is None
+  assert res.status == 'converged' and res.rel_error < 1e-8
+  assert res.row['tangent_rank'] == res.row['sym_dim'] == 35
+
+
+@pytest.mark.slow
+def test_decompose_cp_pair_never_dense_and_matches_numpy():
+  c, a = planted()
+  res = overparam.decompose((c, 2.0 * a), 4, order=3, eps=1e-3, x64=True)  # unnormalized factors
+  t_star = dense(c, 2.0 * a, 3)
+  assert res.status == 'converged' and res.rel_error < 1e-3
+  np.testing.assert_allclose(res.rel_error, numpy_rel_error(res, t_star, 3), rtol=1e-7)
+  assert res.config.target.kind == 'file' and res.config.rank == 2
+  assert res.config.loss == 'auto' and res.row['recovered_fraction'] == 1.0  # factored: implicit loss, recovery
+
+
+@pytest.mark.slow
+def test_decompose_float32_and_nested_overrides():
+  c, a = planted()
+  t_star = dense(c, a, 3)
+  r1 = overparam.decompose(t_star, 4, eps=0.02, beyond_lazy={'lr': 0.1, 'reinit_threshold': 0.02})
+  r2 = overparam.decompose(t_star, 4, eps=0.02, **{'beyond_lazy.lr': 0.1, 'beyond_lazy.reinit_threshold': 0.02})
+  assert r1.factors.dtype == np.float32 and r1.config.beyond_lazy.lr == 0.1
+  assert r1.config.beyond_lazy.reinit_threshold == 0.02 and r1.config.beyond_lazy.epoch_length == 100
+  np.testing.assert_array_equal(r1.factors, r2.factors)
+  assert r1.rel_error == r2.rel_error < 0.02
+  # float64 evaluation against the float32-rounded, symmetrized T* the run was given
+  np.testing.assert_allclose(r1.rel_error, numpy_rel_error(r1, t_star, 3), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_optimizer_kwargs_override():
+  """A *_kwargs dict is replaced whole (its keys are optax's); a dotted key adds one; optax's
+  signature still decides which keys are valid."""
+  t = dense(*planted(), 3)
+  r = overparam.decompose(t, 3, algorithm='gd', optimizer='adam', optimizer_kwargs={'b1': 0.8}, steps=30)
+  assert dict(r.config.optimizer_kwargs) == {'b1': 0.8} and r.steps == 30
+  r = overparam.decompose(t, 3, algorithm='gd', optimizer='adam', steps=30, **{'optimizer_kwargs.b2': 0.99})
+  assert dict(r.config.optimizer_kwargs) == {'b2': 0.99}
+  with pytest.raises(ConfigError, match='optimizer_kwargs.nope'):
+    overparam.decompose(t, 3, algorithm='gd', optimizer_kwargs={'nope': 1})
+
+
+@pytest.mark.parametrize('call, error, words', [
+    (lambda t: overparam.decompose(np.ones(5), 3), TargetError, 'tensor'),                     # ndim 1
+    (lambda t: overparam.decompose(t, 3, order=4), TargetError, 'order'),                      # ndim != order
+    (lambda t: overparam.decompose(np.ones((5, 4, 5)), 3), TargetError, 'shape'),             # not (d,)*l
+    (lambda t: overparam.decompose(t + np.arange(5.0)[:, None, None] * 0.01, 3), TargetError, 'not symmetric'),
+    (lambda t: overparam.decompose(np.where(t > 0.1, np.nan, t), 3), TargetError, 'non-finite'),
+    (lambda t: overparam.decompose(t, 0), ConfigError, 'width'),
+    (lambda t: overparam.decompose(t, 3, algorithm='als'), ConfigError, 'config.algorithms'),
+    (lambda t: overparam.decompose(t, 3, stepz=10), ConfigError, "'stepz' (did you mean 'steps'?)"),
+    (lambda t: overparam.decompose(t, 3, beyond_lazy={'lrr': 0.1}), ConfigError, 'beyond_lazy.lrr'),
+    (lambda t: overparam.decompose(t, 3, **{'lazy.nope': 1}), ConfigError, 'lazy.nope'),
+    (lambda t: overparam.decompose(t, 3, steps=0.5), ConfigError, 'config.steps'),
+    (lambda t: overparam.decompose(t, 3, eps=-1.0), ConfigError, 'config.eps'),
+    (lambda t: overparam.decompose(t, 3, dims=(7,)), ConfigError, 'config.dims'),
+    (lambda t: overparam.decompose(t, 3, axes=('lr=0.1,0.2',)), ConfigError, 'config.axes'),
+    (lambda t: overparam.decompose(planted(), 3), ConfigError, 'order is required'),
+    (lambda t: overparam.decompose((np.ones(2), np.ones((3, 5))), 3, order=3), TargetError, 'shapes'),
+    (lambda t: overparam.decompose((np.ones(2), np.zeros((2, 5))), 3, order=3), TargetError, 'zero rows'),
+], ids=['ndim1', 'order', 'shape', 'asymmetric', 'nan', 'width0', 'algorithm', 'unknown', 'nested_unknown',
+        'dotted_unknown', 'type', 'range', 'fixed', 'axes', 'cp_order', 'cp_shapes', 'cp_zero'])
+def test_bad_input_raises_the_user_error(call, error, words):
+  t = dense(*planted(), 3)
+  with pytest.raises(error) as e:
+    call(t)
+  assert words in str(e.value), str(e.value)
+  assert 'overparam-decompose' not in str(e.value)  # names the argument, not the temporary file
+
+
+def test_load_config_errors():
+  with pytest.raises(ConfigError, match='no such config file'):
+    overparam.load_config('configs/nope.py')
+  with pytest.raises(ConfigError, match='unknown variant'):
+    overparam.load_config(os.path.join(ROOT, 'configs/default.py:huge'))
+  with pytest.raises(ConfigError, match='ConfigDict'):
+    overparam.run({'order': 3}, '/tmp/unused')
+
+
+@pytest.mark.parametrize('name', ['default', 'beyond_lazy', 'local_minima'])
+def test_quick_variants_validate_and_are_small(name):
+  from overparam import config_lib  # noqa: PLC0415
+
+  def cells(c):
+    return sum(len(config_lib.widths_of(c, a)) * len(c.dims) * len(config_lib.ranks_of(c)) * c.num_seeds * c.steps
+               for a in c.algorithms)
+
+  full = overparam.load_config(os.path.join(ROOT, f'configs/{name}.py'))
+  quick = overparam.load_config(os.path.join(ROOT, f'configs/{name}.py:quick'))
+  config_lib.validate(quick)
+  assert quick.algorithms == full.algorithms and quick.order == full.order
+  assert cells(quick) * 10 <= cells(full)  # run-steps: at least 10x less work
+
+
+@pytest.mark.slow
+def test_run_equals_the_launcher(tmp_path):
+  """overparam.run(config, workdir) writes the rows and summary launch.py writes for the same config."""
+  spec = os.path.join(ROOT, 'configs/default.py:quick')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, 'launch.py', '--config=configs/default.py:quick',
+                         f'--workdir={tmp_path / "cli"}'], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = overparam.run(overparam.load_config(spec), str(tmp_path / 'api'))
+
+  def rows(wd):
+    with open(os.path.join(wd, 'results.jsonl')) as f:
+      return {(r['algorithm'], r['dim'], r['width'], r['seed']): {k: v for k, v in r.items() if k != 'wall_s'}
+              for r in map(json.loads, f)}
+
+  assert rows(tmp_path / 'api') == rows(tmp_path / 'cli')
+  with open(tmp_path / 'cli' / 'summary.json') as f:
+    assert json.loads(json.dumps(summary)) == json.load(f)
+  assert sorted(os.listdir(tmp_path / 'api' / 'figures')) == sorted(os.listdir(tmp_path / 'cli' / 'figures'))
+
+
+@pytest.mark.slow
+def test_x64_is_switched_on_when_asked(tmp_path):
+  """In a fresh process (the test session already runs with x64): x64=False gives float32 factors,
+  x64=True turns jax_enable_x64 on and gives float64."""
+  code = ('import numpy as np, jax, overparam\n'
+          'a = np.eye(2, 4); t = np.einsum("ri,rj,rk->ijk", a, a, a)\n'
+          'r32 = overparam.decompose(t, 2, steps=50)\n'
+          'assert not jax.config.jax_enable_x64 and r32.factors.dtype == np.float32, r32.factors.dtype\n'
+          'r64 = overparam.decompose(t, 2, steps=50, x64=True)\n'
+          'assert jax.config.jax_enable_x64 and r64.factors.dtype == np.float64, r64.factors.dtype\n'
+          'print("ok")\n')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-c', code], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]
+
+
+def test_import_is_light():
+  """`import overparam` imports neither jax nor the engine; the API loads on first use."""
+  code = 'import sys, overparam; assert "jax" not in sys.modules, "jax"; overparam.decompose; print("ok")'
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]

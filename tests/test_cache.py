@@ -1,0 +1,95 @@
+"""Compiled programs reused: the persistent compilation cache and the fused finish program change no number."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from overparam import compile_cache, config_lib, experiments, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cache_dir_precedence(monkeypatch, tmp_path):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  monkeypatch.delenv('XDG_CACHE_HOME', raising=False)
+  assert compile_cache.default_dir() == str(tmp_path / 'home' / '.cache' / 'overparam' / 'jax')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  assert compile_cache.default_dir() == str(tmp_path / 'xdg' / 'overparam' / 'jax')
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'env'))
+  assert compile_cache.default_dir() == str(tmp_path / 'env')
+
+
+def _tiny(alg, **overrides):
+  c = config_lib.base_config()
+  c.algorithms, c.order, c.dims, c.rank, c.widths, c.num_seeds = (alg,), 3, (5,), 2, (4, 6), 1
+  c.steps, c.chunk_steps, c.eps = 40, 20, 1e-9  # no early stop
+  c.lazy.power_iters = 10
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+@pytest.mark.parametrize('alg, overrides', [
+    ('gd', dict(alpha=2.0)),                # export (the alpha model) + extras (linearization gap)
+    ('beyond_lazy', {}),                    # export + extras
+    ('lazy', dict(x64=True)),               # dense_model + extras
+    ('lazy_exact', dict(x64=True)),         # dense_model + extras (tangent rank)
+])
+@pytest.mark.slow
+def test_fused_finish_equals_separate_programs(alg, overrides):
+  """finish (export, dense_model, extras in one XLA program) == each method jitted on its own, bit for bit."""
+  c = _tiny(alg, **overrides)
+  cells = [(4, 0), (6, 0)]
+  targets = {0: experiments.make_target(c, 5, 0, None)}
+  algo = experiments.build_algorithm(alg, c, 5, 6)
+  data = experiments.run_data(c, cells, targets, 6, config_lib.resolve_loss(c))
+  out = sweep.run_program(algo, data, cells, chunk_steps=config_lib.chunk_of(c))
+  state = jax.tree.map(jax.numpy.asarray, out.state)
+  separate = {name: jax.tree.map(np.asarray, jax.jit(jax.vmap(getattr(algo, name)))(state, data))
+              for name in ('export', 'dense_model', 'extras') if hasattr(algo, name)}
+  fused = {'export': out.exported, 'dense_model': out.dense, 'extras': out.extras}
+  assert separate  # every algorithm has extras
+  for name, want in separate.items():
+    got = fused[name]
+    assert jax.tree.structure(got) == jax.tree.structure(want), name
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(g, w, err_msg=name)
+  for name in set(fused) - set(separate):
+    assert fused[name] in (None, {}), name
+
+
+def _launch(workdir, cache_dir, *extra):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir))
+  proc = subprocess.run([sys.executable, 'launch.py', '--config=configs/default.py:quick', '--config.dims=(6,)',
+                         f'--workdir={workdir}', *extra], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(workdir, 'results.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  return {(r['algorithm'], r['width'], r['seed']): {k: v for k, v in r.items() if k != 'wall_s'} for r in rows}
+
+
+def _entries(cache_dir):
+  return sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else []
+
+
+@pytest.mark.slow
+def test_relaunch_reads_the_cache_and_gives_identical_rows(tmp_path):
+  """Launch 1 fills an empty cache; launch 2 (a fresh workdir) compiles nothing new (every program was
+  a cache hit: a miss would add an entry) and writes the same rows, as does a launch with the cache off."""
+  cache = tmp_path / 'cache'
+  first = _launch(tmp_path / 'a', cache)
+  filled = _entries(cache)
+  assert len(filled) >= 3 * 3  # at least init, chunk and finish of each of the three programs
+  second = _launch(tmp_path / 'b', cache)
+  assert _entries(cache) == filled
+  assert second == first
+  off = _launch(tmp_path / 'c', tmp_path / 'cache_off', '--compilation_cache=false')
+  assert not _entries(tmp_path / 'cache_off')
+  assert off == first
