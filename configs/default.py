@@ -36,10 +36,10 @@ widths 3, 4, 6 (gd, beyond_lazy) and 8, 11, 16 (lazy), 2,000 steps: the whole pi
 every figure) in ~15 s, used by the tests and benchmarks. It gives lazy_exact m* = 11, 16 and
 beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 seeds.
 
-Expected run time, measured with the command above (2 CPU cores shared with four other engineers' jobs, load
-average 3.2 .. 7.6 during the run): 10 min 46 s wall, of which lazy_exact at d = 32 was 6 min 12 s;
-the job got 0.64 of a core on average, 416 CPU-seconds in all (~3.5 minutes of wall time on 2 free
-cores). The GPU-sized version is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
+Expected run time: 3 min 49 s measured with the command above on 2 CPU cores shared with other
+jobs (load average 1.5 at the start, 1.8 at the end; 359 CPU-seconds): lazy_exact took 10, 7, 8, 9,
+21 and 87 s at d = 6 .. 32, the gd and beyond_lazy programs 29 s in all, the rest is start-up,
+compilation and figures. An earlier run at load 3.2-7.6 took 10 min 46 s. The GPU-sized version is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
 """
 
 import numpy as np
