@@ -39,7 +39,8 @@ beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 s
 Expected run time: 3 min 49 s measured with the command above on 2 CPU cores shared with other
 jobs (load average 1.5 at the start, 1.8 at the end; 359 CPU-seconds): lazy_exact took 10, 7, 8, 9,
 21 and 87 s at d = 6 .. 32, the gd and beyond_lazy programs 29 s in all, the rest is start-up,
-compilation and figures. An earlier run at load 3.2-7.6 took 10 min 46 s. The GPU-sized version is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
+compilation and figures. An earlier run at load 3.2-7.6 took 10 min 46 s. The GPU-sized version
+is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
 """
 
 import numpy as np
