@@ -20,6 +20,22 @@ accounting of the compiled chunk (arguments + outputs + temporaries, from
 `Compiled.memory_analysis()`), and the peak RSS of the subprocess. The arms must agree on the
 trained parameters (printed: max abs difference against `linearize`).
 ratio = jvp_each_step time per step / linearize time per step.
+
+  python -m benchmarks.lazy_bench --part=grid [--quick]
+
+lazy_exact over a 14-width geometric grid (l = 3, cp, symmetric init, float64, 4 seeds; full: d = 16,
+widths 5..64, the main job's grid; quick: d = 10, widths 4..40), three ways, each the engine's
+compiled functions (init, dense_model, extras: what a program computes), timed in this process
+after a warm-up call (compilation excluded, min of 3):
+
+  largest_alone    the per-width path (min_norm_solve: eigendecomposition of the Gram matrix) at the
+                   grid's largest width only, one run per seed
+  per_width_sum    the per-width path at every width, in the engine's width buckets (largest <= 2x
+                   smallest), one run per (width, seed): what the engine ran before the grid path
+  grid             LazyExact(widths=grid): one run per seed, one factorization for all 14 widths
+The grid's tangent ranks must equal the per-width path's and its rel_errors agree to 1e-8 (printed).
+ratio (lazy_exact_grid_vs_largest) = grid time / largest_alone time (goal: <= 2); the line also
+gives per_width_sum / grid.
 """
 
 import argparse
@@ -30,7 +46,13 @@ import os
 import tempfile
 import time
 
-from benchmarks import common
+# XLA's CPU LAPACK kernels (eigh, cholesky, qr) call the OpenBLAS that numpy/scipy load; with its
+# default thread pool, concurrent calls from XLA's threads deadlocked here (the per-width path's
+# batched eigh, 3 of 3 attempts, load ~6). One OpenBLAS thread for every arm; XLA's own thread pool
+# (the GEMMs) is unaffected. Set before numpy loads.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+from benchmarks import common  # noqa: E402
 
 FULL = dict(order=3, dim=24, width=128, runs=16, steps=300)
 QUICK = dict(order=3, dim=16, width=64, runs=8, steps=100)
@@ -151,13 +173,85 @@ def main(quick: bool = False):
   return ratio
 
 
+GRID_FULL = dict(order=3, dim=16, lo=5, hi=64, seeds=4)
+GRID_QUICK = dict(order=3, dim=10, lo=4, hi=40, seeds=4)
+
+
+def grid_widths(lo: int, hi: int):
+  import numpy as np  # noqa: PLC0415
+  return tuple(int(w) for w in np.unique(np.round(np.geomspace(lo, hi, 14))))
+
+
+def main_grid(quick: bool = False):
+  """lazy_exact: the whole grid from one factorization against the largest width alone."""
+  import jax  # noqa: PLC0415
+  jax.config.update('jax_enable_x64', True)  # before the backend starts (common.header starts it)
+  common.header('lazy_bench (grid)', quick)
+  import numpy as np  # noqa: PLC0415
+  from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
+  from overparam import config_lib, experiments, sweep  # noqa: PLC0415
+  size = GRID_QUICK if quick else GRID_FULL
+  widths = grid_widths(size['lo'], size['hi'])
+  order, dim, seeds = size['order'], size['dim'], list(range(size['seeds']))
+  c = config_lib.base_config()
+  c.algorithms, c.order, c.dims, c.rank, c.widths, c.num_seeds = ('lazy_exact',), order, (dim,), 3, widths, len(seeds)
+  c.x64, c.init_scale, c.lazy.symmetric_init = True, 0.3, True
+  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
+  targets = {s: experiments.make_target(c, dim, s, None) for s in seeds}
+
+  def program(alg, cells, bucket):
+    """(seconds, (state, exported, dense, extras)) of init + finish on the cells, compiled beforehand."""
+    init, _, finish = sweep.compiled(alg, 1, sharding, 0)
+    g = sweep.to_global(experiments.run_data(c, cells, targets, bucket, 'dense'), sharding)
+    f = lambda: jax.block_until_ready((lambda st: (st,) + tuple(finish(st, g)))(init(g)))
+    f()
+    times = []
+    for _ in range(3):
+      t0 = time.perf_counter()
+      out = f()
+      times.append(time.perf_counter() - t0)
+    return min(times), jax.tree.map(np.asarray, out)
+
+  big = widths[-1]
+  t_alone, _ = program(experiments.build_algorithm('lazy_exact', c, dim, big), [(big, s) for s in seeds], big)
+  t_sum, ref = 0.0, {}
+  for ws in sweep.bucket_widths(widths):
+    cells = [(m, s) for m in ws for s in seeds]
+    t, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, max(ws)), cells, max(ws))
+    t_sum += t
+    ref.update({cell: (float(st.rel_err[i]), int(ex['tangent_rank'][i])) for i, cell in enumerate(cells)})
+  t_grid, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, big, widths),
+                                [(big, s) for s in seeds], big)
+  worst_rel, rank_ok = 0.0, True
+  for i, s in enumerate(seeds):
+    for j, m in enumerate(widths):
+      worst_rel = max(worst_rel, abs(float(st.rel_err[i, j]) - ref[(m, s)][0]))
+      rank_ok &= int(ex['tangent_rank'][i, j]) == ref[(m, s)][1]
+  n = math.comb(dim + order - 1, order)
+  print(f'  l={order} d={dim} N=C(d+l-1,l)={n} widths={list(widths)} seeds={len(seeds)} float64, symmetric init')
+  print(f'  {"arm":<16}{"seconds":>9}')
+  for name, t in (('largest_alone', t_alone), ('per_width_sum', t_sum), ('grid', t_grid)):
+    print(f'  {name:<16}{t:>9.3f}')
+  print(f'  grid vs per-width path: tangent ranks {"equal" if rank_ok else "DIFFER"} at every (width, seed); '
+        f'max |rel_error difference| {worst_rel:.1e}')
+  print(f'lazy_exact_grid_vs_largest l={order} d={dim} widths={len(widths)} ({widths[0]}..{big}) seeds={len(seeds)} '
+        f'grid={t_grid:.3f}s largest_alone={t_alone:.3f}s per_width_sum={t_sum:.3f}s '
+        f'(per_width_sum/grid={t_sum / t_grid:.1f}) ranks_equal={rank_ok} max_rel_diff={worst_rel:.1e} '
+        f'ratio={t_grid / t_alone:.2f}', flush=True)
+  return t_grid / t_alone
+
+
 if __name__ == '__main__':
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true')
+  p.add_argument('--part', choices=('linearize', 'grid'), default='linearize',
+                 help='linearize: lazy GD, jax.linearize vs jvp; grid: lazy_exact, one factorization per grid')
   p.add_argument('--arm', choices=ARMS, help='internal: run one arm and print JSON')
   p.add_argument('--save', help='internal: directory for the arm\'s trained factors')
   a = p.parse_args()
   if a.arm:
     child(a.arm, a.quick, a.save)
+  elif a.part == 'grid':
+    main_grid(a.quick)
   else:
     main(a.quick)

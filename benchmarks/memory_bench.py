@@ -124,7 +124,8 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
   c, engine, width = alg_config(name, order, dim, runs)
   loss = config_lib.resolve_loss(c)
   sharding = NamedSharding(sweep.run_mesh(), P('runs'))
-  alg = experiments.build_algorithm(engine, c, dim, width)
+  grid = (width,) if engine == 'lazy_exact' else ()  # lazy_exact runs its grid path (runs = seeds)
+  alg = experiments.build_algorithm(engine, c, dim, width, grid)
   data = abstract_run_data(c, dim, runs, width, loss, sharding)
   init, chunk, finish = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
   peaks = {}
@@ -152,13 +153,11 @@ def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
 
 def lapack_workspace(engine: str, c, order: int, dim: int, bucket: int) -> int:
   """Bytes of LAPACK's syevd workspace (2 n^2 + 6 n + 1 words, n = the Gram size min(N, P)) that
-  lazy_exact's eigh allocates outside XLA's buffer accounting (once per program: the batch loop
-  reuses it). Measured without it: lazy_exact RSS 1.34x the model at d = 28."""
-  if engine != 'lazy_exact':
-    return 0
-  from overparam import lazy  # noqa: PLC0415
-  n = min(lazy.sym_dim(dim, order), bucket * lazy.params_per_component(c.parametrization, dim))
-  return (2 * n * n + 6 * n + 1) * (8 if c.x64 else 4)
+  the per-width lazy_exact path's eigh allocates outside XLA's buffer accounting (once per program:
+  the batch loop reuses it). Measured without it: lazy_exact RSS 1.34x the model at d = 28. The grid
+  path (what the engine runs) calls no eigh: its LAPACK calls (potrf, geqrf on N x (d+1), gesdd on
+  (d+1) x (d+1)) work in place or on small blocks, so 0."""
+  return 0
 
 
 def check_estimate(engine: str, c, dim: int, bucket: int, runs: int):
@@ -248,7 +247,7 @@ def largest_default_programs():
   """[(config name, algorithm, order, d, bucket widths, seeds, x64)] of each shipped config's
   largest program per algorithm (largest d, widest bucket)."""
   import importlib.util  # noqa: PLC0415
-  from overparam import config_lib, sweep  # noqa: PLC0415
+  from overparam import config_lib, registry  # noqa: PLC0415
   out = []
   cdir = os.path.join(common.ROOT, 'configs')
   for fname in sorted(os.listdir(cdir)):
@@ -266,7 +265,7 @@ def largest_default_programs():
     n_alpha = max(1, len(c.alphas))
     for alg in c.algorithms:
       widths = config_lib.widths_of(c, alg) if hasattr(config_lib, 'widths_of') else c.widths
-      top = sweep.bucket_widths(widths)[-1]
+      top = registry.get(alg).width_groups(widths, c)[-1]  # lazy_exact (one_program): its whole grid
       out.append((fname, alg, c.order, max(c.dims), tuple(top), c.num_seeds, bool(c.x64), max(ranks),
                   n_alpha if alg == 'gd' else 1, c))
   return out
@@ -276,15 +275,16 @@ def default_program_bytes(entry) -> dict:
   """Model terms of one shipped config's largest program (its real widths, seeds, rank, dtype)."""
   import jax  # noqa: PLC0415
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import config_lib, experiments, sweep  # noqa: PLC0415
+  from overparam import config_lib, experiments, registry, sweep  # noqa: PLC0415
   fname, alg_name, order, dim, top, seeds, x64, rank, _, c = entry
   c = c.copy_and_resolve_references()
   c.rank = rank
-  runs = len(top) * seeds
+  one = registry.get(alg_name).is_one_program(c)
+  runs = seeds if one else len(top) * seeds  # a one-program algorithm's runs are the seeds
   bucket = max(top)
   loss = config_lib.resolve_loss(c)
   sharding = NamedSharding(sweep.run_mesh(), P('runs'))
-  alg = experiments.build_algorithm(alg_name, c, dim, bucket)
+  alg = experiments.build_algorithm(alg_name, c, dim, bucket, tuple(top) if one else ())
   data = abstract_run_data(c, dim, runs, bucket, loss, sharding)
   fns = sweep.compiled(alg, config_lib.chunk_of(c), sharding, c.trace_every)
   peak = 0

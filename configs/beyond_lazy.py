@@ -2,7 +2,7 @@ r"""Beyond lazy, m*(d): the smallest width that fits an order-3, rank-3 target, 
 
   python launch.py --config=configs/beyond_lazy.py --workdir=workdirs/beyond_lazy
 
-Two arms in one sweep on the same targets and inits (DESIGN.md section 2):
+Two arms in one sweep on the same targets and inits (docs/DESIGN.md section 4):
   beyond_lazy  a reconstruction of the paper's variant of GD (README "Beyond lazy": provenance;
                overparam/beyond_lazy.py: 2-homogeneous components, init 1e-3 * Unif(S^{d-1}),
                re-initialization of the components that did not grow by an epoch start, growing

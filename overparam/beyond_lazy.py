@@ -1,4 +1,4 @@
-"""`beyond_lazy`: gradient descent beyond the lazy regime, a reconstruction (DESIGN.md section 4).
+"""`beyond_lazy`: gradient descent beyond the lazy regime, a reconstruction (docs/DESIGN.md section 4).
 
 Provenance, exactly. It is not "Algorithm 1" of Wang, Wu, Lee, Ma, Ge, "Beyond Lazy Training for
 Over-parameterized Tensor Decomposition" (NeurIPS 2020): that algorithm is not in its public text.

@@ -1,4 +1,4 @@
-"""The config contract (DESIGN.md section 6): defaults every experiment starts from, and validation.
+"""The config contract (docs/DESIGN.md section 8): defaults every experiment starts from, and validation.
 
 Validation runs before any computation and raises ConfigError with a one-line message that names
 the field and the accepted range; the launcher prints it as `error: ...`.

@@ -31,13 +31,30 @@ def seed_keys(seed: int):
 dtype_of = config_lib.dtype_of
 
 
-def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int) -> algorithms.Algorithm:
-  """The registered algorithm `name` for one program (registry.AlgorithmSpec.build)."""
+def build_algorithm(name: str, c: ml_collections.ConfigDict, dim: int, bucket: int, widths=()) -> algorithms.Algorithm:
+  """The registered algorithm `name` for one program (registry.AlgorithmSpec.build). widths: the
+  grid of a one-program algorithm's program (its build takes widths=...); () otherwise."""
   spec = registry.find(name)
   if spec is None:
     raise config_lib.ConfigError(f'config.algorithms: unknown algorithm {name!r} (registered: '
                                  f'{", ".join(registry.names())})')
-  return spec.build(c, dim, bucket)
+  return spec.build(c, dim, bucket, widths=tuple(widths)) if widths else spec.build(c, dim, bucket)
+
+
+# One-program algorithms (registry flag one_program, e.g. lazy_exact): the whole width grid of a
+# (d, cell-axis values) is ONE program whose runs are the seeds; a run computes every width (state
+# leaves with a leading width axis) and its outcome is split into the usual (width, seed) cells
+# before finalize, so sweep.run_program, finalize, the rows and the resume by missing cells are those
+# of any other algorithm (a seed with any missing width reruns, only missing cells are appended).
+
+def split_widths(out: sweep.Outcome, group: List[int], seeds: List[int], cells) -> sweep.Outcome:
+  """A one-program Outcome (runs = seeds, leaves (runs, G, ...); trace (runs, T, G, ...)) -> the
+  Outcome of `cells` [(width, seed)], each a (width in group, seed in seeds)."""
+  pick = np.array([seeds.index(s) * len(group) + group.index(m) for m, s in cells], np.int64)
+  flat = lambda t: None if t is None else jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])[pick], t)
+  trace = {k: np.moveaxis(v, 2, 1).reshape((-1, v.shape[1]) + v.shape[3:])[pick] for k, v in out.trace.items()}
+  return out._replace(state=flat(out.state), exported=flat(out.exported), dense=flat(out.dense),
+                      extras=flat(out.extras), trace=trace)
 
 
 def _tag_value(v) -> str:
@@ -461,7 +478,8 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=Tr
           values = {**common, **values}
           tag = file_tag(ca, values)
           cell = cell_fields(ca, alg_name, values)
-          for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name)):
+          one = spec.is_one_program(ca)
+          for bucket_ws in spec.width_groups(config_lib.widths_of(c, alg_name), ca):
             bucket = max(bucket_ws)
             ckpt_name = f'{alg_name}{tag}_l{ca.order}_d{dim}_B{bucket}.npz'
             ckpt_names.append(ckpt_name)
@@ -470,17 +488,22 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=Tr
                                              **cell)) not in done]
             if not cells:
               continue
-            alg = build_algorithm(alg_name, ca, dim, bucket)
+            run_seeds = sorted({s for _, s in cells})
+            runs = [(bucket, s) for s in run_seeds] if one else cells  # one program: a run per seed
+            alg = build_algorithm(alg_name, ca, dim, bucket, bucket_ws if one else ())
             label = f'{alg_name}{tag} l={ca.order} d={dim} widths={bucket_ws}'
             ckpt = os.path.join(wd.ckpt_dir, ckpt_name)
-            end = _phase('%s: building run data for %d runs', label, len(cells))
-            data = run_data(ca, cells, dev_targets, bucket, config_lib.resolve_loss(ca))
+            end = _phase('%s: building run data for %d runs', label, len(runs))
+            data = run_data(ca, runs, dev_targets, bucket, config_lib.resolve_loss(ca))
             end()
             run_kwargs = dict(chunk_steps=config_lib.chunk_of(ca), trace_every=c.trace_every, is_writer=is_writer,
                               on_chunk=on_chunk)
-            out = sweep.run_program(alg, data, cells, checkpoint_path=ckpt,
+            out = sweep.run_program(alg, data, runs, checkpoint_path=ckpt,
                                     checkpoint_every_s=c.checkpoint_every_s, label=label, **run_kwargs)
-            out = confirm(ca, alg, data, cells, bucket, out, targets, scales, run_kwargs, label)
+            if one:  # solved exactly in init: no in-loop stop to confirm
+              out = split_widths(out, list(bucket_ws), run_seeds, cells)
+            else:
+              out = confirm(ca, alg, data, cells, bucket, out, targets, scales, run_kwargs, label)
             end = _phase('%s: finishing %d runs (rows%s)', label, len(cells), ', params' if c.save_params else '')
             new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, values=values,
                            fingerprint=fp, scales=scales)

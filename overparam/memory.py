@@ -71,7 +71,12 @@ def words_per_run(alg: str, c, dim: int, bucket: int, rank: int) -> int:
 
 
 def program_bytes(alg: str, c, dim: int, bucket: int, rank: int, runs: int) -> int:
+  """Bytes of one program of `runs` runs per device. A one-program algorithm's runs are seeds that
+  share temporaries (its solve runs one seed at a time): its bytes_per_run gets runs= and returns the
+  whole program's bytes."""
   spec = registry.get(alg)
+  if spec.is_one_program(c) and spec.bytes_per_run is not None:
+    return spec.bytes_per_run(c, dim, bucket, rank, runs=runs)
   if spec.bytes_per_run is not None:
     per_run = spec.bytes_per_run(c, dim, bucket, rank)
   else:
@@ -93,8 +98,8 @@ def check(c, limit_bytes: int = 0):
     spec = registry.get(alg)
     for cc, _ in config_lib.cell_configs(c, alg):
       for dim in c.dims:
-        for ws in spec.width_groups(config_lib.widths_of(c, alg)):
-          runs = math.ceil(len(ws) * c.num_seeds / share)
+        for ws in spec.width_groups(config_lib.widths_of(c, alg), cc):
+          runs = math.ceil((1 if spec.is_one_program(cc) else len(ws)) * c.num_seeds / share)  # one program: seeds
           need = program_bytes(alg, cc, dim, max(ws), cc.rank, runs)
           if need > limit:
             what = f', {spec.memory_detail(cc, dim, max(ws))}' if spec.memory_detail else ''

@@ -43,7 +43,10 @@ class AlgorithmSpec:
   row_fields: names of the numbers its extras() add to each results row.
   alpha_scaled: its model is alpha-scaled (reads config.alpha; rows carry alpha; others carry None).
   lazy: its model is a linearization at the init (plotted with the lazy arm, not CP-exportable).
-  one_program: all widths of the grid run in one program instead of width buckets.
+  one_program: all widths of the grid run in one program instead of width buckets: a bool, or a
+    function of the config (is_one_program). Such an algorithm is built with build(config, dim,
+    bucket, widths=grid), its runs are the seeds, and its state and outputs carry a leading width
+    axis that experiments.split_widths turns into (width, seed) cells (lazy.LazyExact).
   scale_free: its numbers do not depend on the scale of T* (it fits T*/||T*||): the host divides the
     target by a power of two near ||T*|| when that norm is extreme, so any finite non-zero target
     trains alike (experiments.target_scale).
@@ -59,7 +62,7 @@ class AlgorithmSpec:
   row_fields: Tuple[str, ...] = ()
   alpha_scaled: bool = False
   lazy: bool = False
-  one_program: bool = False
+  one_program: Any = False
   scale_free: bool = False
 
   def __post_init__(self):
@@ -71,10 +74,14 @@ class AlgorithmSpec:
     return (field in self.reads or field.split('.')[0] == self.name or (field == 'alpha' and self.alpha_scaled)
             or any(field.startswith(r + '.') for r in self.reads))
 
-  def width_groups(self, widths):
-    """The width buckets of one grid: one program per group."""
+  def is_one_program(self, config) -> bool:
+    """Whether this config's width grid runs as one program."""
+    return bool(self.one_program(config) if callable(self.one_program) else self.one_program)
+
+  def width_groups(self, widths, config):
+    """The width buckets of one grid under `config`: one program per group."""
     from overparam import sweep  # noqa: PLC0415 - sweep imports the algorithm modules
-    return [sorted(set(int(w) for w in widths))] if self.one_program else sweep.bucket_widths(widths)
+    return [sorted(set(int(w) for w in widths))] if self.is_one_program(config) else sweep.bucket_widths(widths)
 
 
 _REGISTRY: Dict[str, AlgorithmSpec] = {}

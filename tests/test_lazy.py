@@ -240,6 +240,90 @@ def test_padding_changes_nothing():
   np.testing.assert_allclose(a[4], b[4], rtol=1e-8)
 
 
+# ------------------------------------------------------------------------------------------------
+# The whole width grid from one factorization (LazyExact(widths=...)) == the per-width path
+
+@pytest.mark.parametrize('parametrization', ['cp', 'power', 'homogeneous'])
+@pytest.mark.parametrize('symmetric_init', [False, True])
+def test_inits_are_nested(parametrization, symmetric_init):
+  """The grid path rests on this: a width-m init is the first m components of the width-M init."""
+  small = make(lazy.LazyExact, 3, 4, 3, parametrization, symmetric_init=symmetric_init)
+  big = make(lazy.LazyExact, 3, 4, 7, parametrization, symmetric_init=symmetric_init)
+  data = run_data(3, 4, 3, 7)
+  a, b = small.init_params(data), big.init_params(data)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[:3])
+
+
+def test_prefix_min_norm_matches_numpy_pinv():
+  """factor_components + prefix_min_norm on a matrix with rank-deficient prefixes (a dependent column
+  in every block, a repeated block, more columns than rows) against numpy's pinv and matrix_rank."""
+  rng = np.random.default_rng(0)
+  n, k, m = 12, 3, 7
+  cols = []
+  for i in range(m):
+    blk = rng.normal(size=(n, k))
+    blk[:, 2] = blk[:, 0] - 2.0 * blk[:, 1]  # rank 2 per block
+    cols.append(cols[1] if i == 4 else blk)   # block 4 repeats block 1: adds nothing
+  j = np.concatenate(cols, axis=1)
+  widths = (1, 3, 4, 5, 6, 7)  # rank 2, 6, 8, 8, 10, 12 (saturated at 12 rows)
+  b = rng.normal(size=(n, len(widths)))
+  tau = np.sqrt(n * np.finfo(np.float64).eps) * np.linalg.norm(j[:, :k], axis=0).max()
+  for panel in (3, 6, 512):  # one block per panel, two, all in one
+    coef, s, comp = lazy.factor_components(jnp.asarray(np.concatenate([j, b], axis=1)), m * k, k, tau, panel)
+    ranks, xs = lazy.prefix_min_norm(coef, s, comp, widths, k, n)
+    for q, w in enumerate(widths):
+      jw = j[:, :w * k]
+      assert int(ranks[q]) == np.linalg.matrix_rank(jw) == [2, 6, 8, 8, 10, 12][q]
+      want = np.linalg.pinv(jw) @ b[:, q]
+      np.testing.assert_allclose(np.asarray(xs[q])[:w * k], want, atol=1e-10 * np.abs(want).max())
+      assert np.all(np.asarray(xs[q])[w * k:] == 0)
+
+
+GRID_CASES = [  # (order, d, widths, parametrization, symmetric_init, ntk_scaling, panel_cols)
+    (3, 5, (3, 6, 7, 8, 10), 'cp', True, False, 512),            # (3, 5): m = 7 defective (rank 34 < 35)
+    (3, 5, (3, 6, 7, 8, 10), 'cp', False, True, 12),             # T(W0) per width, NTK scale, 4 panels
+    (4, 3, (2, 4, 5, 6, 8), 'homogeneous', False, False, 512),   # (4, 3): m = 5 defective
+    (4, 4, (5, 8, 9, 10), 'power', True, True, 8),               # (4, 4): m = 9 defective (rank 34)
+    (4, 5, (10, 13, 14, 15, 16), 'cp', True, False, 60),         # (4, 5): m = 14 defective (rank 69)
+]
+
+
+@pytest.mark.parametrize('order,dim,widths,parametrization,symmetric_init,ntk_scaling,panel_cols', GRID_CASES)
+def test_grid_path_matches_the_per_width_path(order, dim, widths, parametrization, symmetric_init, ntk_scaling,
+                                              panel_cols):
+  """Every width of the grid: the same tangent rank (and numpy's rank of the dense Jacobian), rel_error
+  to 1e-8, the same parameters (movement) and linearization gap, as the per-width min_norm_solve path
+  (eigendecomposition of the Gram matrix) run in the same bucket."""
+  big = widths[-1]
+  kw = dict(symmetric_init=symmetric_init, ntk_scaling=ntk_scaling, init_scale=0.8)
+  grid = make(lazy.LazyExact, order, dim, big, parametrization, widths=widths, panel_cols=panel_cols, **kw)
+  ref = make(lazy.LazyExact, order, dim, big, parametrization, **kw)
+  data = run_data(order, dim, big, big, parametrization)
+  per = jax.tree.map(lambda *x: jnp.stack(x), *[grid._width_data(data, m) for m in widths])
+
+  def reference(d):
+    s = ref.init(d)
+    return s, ref.extras(s, d), ref.dense_model(s, d)
+  s_ref, e_ref, t_ref = jax.jit(jax.vmap(reference))(per)
+  s_grid = jax.jit(grid.init)(data)
+  e_grid, t_grid = jax.jit(grid.extras)(s_grid, data), jax.jit(grid.dense_model)(s_grid, data)
+  params0 = s_ref.params0['plus'] if symmetric_init else s_ref.params0
+  for j, m in enumerate(widths):
+    p0 = jax.tree.map(lambda x: x[j], params0)
+    dense_j = np_jacobian(p0, parametrization, np.asarray(data.signs), m, order)
+    assert int(e_grid['tangent_rank'][j]) == int(e_ref['tangent_rank'][j]) == np.linalg.matrix_rank(dense_j)
+  np.testing.assert_allclose(np.asarray(s_grid.rel_err), np.asarray(s_ref.rel_err), rtol=0, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(t_grid), np.asarray(t_ref), rtol=0, atol=1e-8 * float(np.sqrt(data.target_sq)))
+  for a, b in zip(jax.tree.leaves(s_grid.params), jax.tree.leaves(s_ref.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(e_grid['linearization_gap']), np.asarray(e_ref['linearization_gap']), rtol=1e-6)
+  defective = {(3, 5): 7, (4, 3): 5, (4, 4): 9, (4, 5): 14}.get((order, dim))
+  if defective in widths:  # Alexander-Hirschowitz: m d >= C(d+l-1, l), yet one short of full rank
+    assert int(e_grid['tangent_rank'][widths.index(defective)]) == lazy.sym_dim(dim, order) - 1
+    assert defective * dim >= lazy.sym_dim(dim, order)
+
+
 def test_power_iteration_finds_lambda_max():
   order, dim, width = 3, 4, 5
   data = run_data(order, dim, width, width)
@@ -294,15 +378,16 @@ def tiny_config(**kw):
 def test_memory_refusal_before_anything_is_written(tmp_path):
   c = tiny_config(algorithms=('lazy_exact',), lr=0.05, alphas=())  # lr, alphas: gd's, at their defaults
   c.memory_gb = 1e-6
-  with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2\] .* J of 20 x 10 '):
+  # lazy_exact is one program per d: its runs are the seeds, each factorizing J at the largest width
+  with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2, 9\] \(2 runs per device, J of 20 x 45 '):
     experiments.run(c, str(tmp_path / 'wd'))
   assert not os.path.exists(tmp_path / 'wd')
-  need = lazy.exact_bytes_per_run(3, 4, 9, 'cp', 8)
-  assert need >= 8 * 20 * 45 * 4  # J, its construction, the Gram matrix and its eigenvectors
-  c.memory_gb = 2 * need / 2 ** 30  # one width x two seeds in the widest bucket
+  need = lazy.exact_program_bytes(3, 4, 'cp', 8, (2, 9), 2)  # two seeds
+  assert need >= 8 * 2 * (2 * 20 * 45 + 45 * 45)  # J and its copy, the panels' coefficients, per seed
+  c.memory_gb = need / 2 ** 30
   memory.check(c)
-  c.memory_gb = 0.99 * 2 * need / 2 ** 30
-  with pytest.raises(ConfigError, match=r'widths \[.*9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per run'):
+  c.memory_gb = 0.99 * need / 2 ** 30
+  with pytest.raises(ConfigError, match=r'widths \[2, 9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per seed'):
     memory.check(c)
 
 

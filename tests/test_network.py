@@ -13,7 +13,7 @@ import numpy as np
 from numpy.polynomial import hermite_e
 import pytest
 
-from overparam import (algorithms, beyond_lazy, config_lib, errors, experiments, lazy_samples, network,
+from overparam import (algorithms, beyond_lazy, config_lib, errors, experiments, network,
                        objectives, tensors)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -141,12 +141,14 @@ def test_sub_config_of_an_unselected_algorithm_is_reported():
   assert config_lib.unused_subconfig_fields(c) == []
 
 
-def test_one_program_flag_runs_every_width_in_one_program(tmp_path):
-  """widths (1, 3) are two buckets by default (3 > 2 x 1); with one_program they are one program."""
-  with registry.registered(dataclasses.replace(TOY, one_program=True)):
-    c = tiny(algorithms=('toy_ngd',), dims=(4,), widths=(1, 3))
-    experiments.run(c, str(tmp_path))
-    with open(tmp_path / 'results.jsonl') as f:
-      rows = [json.loads(line) for line in f]
-  assert len(rows) == 4 and {(r['bucket'], r['batch_runs']) for r in rows} == {(3, 4)}
-  assert registry.get('gd').width_groups((1, 3)) == [[1], [3]]
+def test_one_program_flag_chooses_the_width_groups():
+  """widths (1, 3) are two buckets by default (3 > 2 x 1); a one-program algorithm runs them as one
+  program, and the flag may depend on the config (lazy_exact: tensor targets only). The engine path of
+  a one-program algorithm (runs = seeds, split per width) is tested with lazy_exact in test_lazy.py."""
+  c = config_lib.base_config()
+  assert registry.get('gd').width_groups((1, 3), c) == [[1], [3]]
+  assert dataclasses.replace(TOY, one_program=True).width_groups((1, 3), c) == [[1, 3]]
+  exact = registry.get('lazy_exact')
+  assert exact.width_groups((1, 3), c) == [[1, 3]]
+  c.loss = 'samples'
+  assert not exact.is_one_program(c) and exact.width_groups((1, 3), c) == [[1], [3]]

@@ -32,6 +32,7 @@ FIGURES = {
     'deflation': [('deflation.png', 'deflation.png')],
     'network': [('n_star_vs_dim.png', 'network_n_star.png'), ('sample_error_vs_n.png', 'network_error_vs_n.png'),
                 ('sample_gap_vs_n.png', 'network_gap.png')],
+    'lazy_threshold_l4': [('lazy_threshold_l4.png', 'lazy_threshold_l4.png')],
 }
 MAX_BYTES = 200 * 1024
 
