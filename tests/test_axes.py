@@ -8,6 +8,7 @@ import pytest
 
 from overparam import analysis, config_lib, experiments, memory, results
 from overparam.errors import ConfigError
+from tests.support import load_rows
 
 # Fields that depend on the program a run was in (its wall time, its batch), not on the run.
 PROGRAM_FIELDS = ('wall_s', 'batch_runs', 'bucket', 'config_fp')  # config_fp: of the config, which differs by design
@@ -22,11 +23,6 @@ def tiny(**kw):
   for k, v in kw.items():
     c[k] = v
   return c
-
-
-def load_rows(wd):
-  with open(os.path.join(wd, 'results.jsonl')) as f:
-    return [json.loads(line) for line in f]
 
 
 def strip(row, drop=()):

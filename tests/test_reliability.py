@@ -34,7 +34,14 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize('field, value', BAD, ids=[f'{f}={v!r}' for f, v in BAD])
+BAD_RANGES = [
+    ('eps', 1.0), ('eps', 1.5), ('seed', 2 ** 32), ('seed', 2 ** 40), ('seed', 2 ** 64), ('num_seeds', 2 ** 32 + 1),
+    ('steps', 2 ** 31), ('chunk_steps', 2 ** 31), ('target.path', '/no/such/file.npy'), ('dims', (6, 6)),
+    ('widths', (2, 3, 2)), ('alphas', (1.0, 1.0)), ('target.coherence', 0.5), ('target.weights', (0.0, 0.0)),
+]
+
+
+@pytest.mark.parametrize('field, value', BAD + BAD_RANGES, ids=[f'{f}={v!r}' for f, v in BAD + BAD_RANGES])
 def test_bad_field_is_named(field, value):
   c = tiny_config()
   with c.unlocked():
@@ -152,22 +159,8 @@ def test_memory_estimate_grows_with_the_problem():
 
 # ---- issue 11: values that mean nothing, zero and extreme targets, status against numbers ---------
 
-BAD_RANGES = [
-    ('eps', 1.0), ('eps', 1.5), ('seed', 2 ** 32), ('seed', 2 ** 40), ('seed', 2 ** 64), ('num_seeds', 2 ** 32 + 1),
-    ('steps', 2 ** 31), ('chunk_steps', 2 ** 31), ('target.path', '/no/such/file.npy'), ('dims', (6, 6)),
-    ('widths', (2, 3, 2)), ('alphas', (1.0, 1.0)), ('target.coherence', 0.5), ('target.weights', (0.0, 0.0)),
-]
 
 
-@pytest.mark.parametrize('field, value', BAD_RANGES, ids=[f'{f}={v!r}' for f, v in BAD_RANGES])
-def test_values_that_mean_nothing_are_refused(field, value):
-  c = tiny_config()
-  with c.unlocked():
-    _set(c, field, value)
-  with pytest.raises(ConfigError) as e:
-    config_lib.validate(c)
-  msg = str(e.value)
-  assert f'config.{field}' in msg and '\n' not in msg, msg
 
 
 @pytest.mark.parametrize('field, value', [('lr', 0.1), ('reg', 0.1), ('alpha', 2.0), ('alphas', (1.0, 2.0)),
