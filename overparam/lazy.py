@@ -161,6 +161,15 @@ def dense_target(target: tensors.Target, order: int) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # Least squares on J.
 
+def apply_step(p0, delta, symmetric_init: bool):
+  """W0 + delta for a min-norm step `delta` (a pytree like the undoubled params). With symmetric_init
+  the min-norm step over (W+, W-), where J = [J0, -J0], is split in halves: W+ += delta/2, W- -= delta/2."""
+  if symmetric_init:
+    return {'minus': jax.tree.map(lambda a, b: a - 0.5 * b, p0['minus'], delta),
+            'plus': jax.tree.map(lambda a, b: a + 0.5 * b, p0['plus'], delta)}
+  return jax.tree.map(jnp.add, p0, delta)
+
+
 def one_at_a_time(fn):
   """fn, but under vmap applied to one batch element after the other (lax.map) instead of batched.
 
@@ -542,11 +551,7 @@ class LazyExact(_Linearized):
 
   def _finish(self, p0, t0, delta, rank, data: algorithms.RunData) -> algorithms.RunState:
     """The state of the min-norm step `delta` (a pytree like the undoubled params) from W0 = p0."""
-    if self.symmetric_init:  # min-norm over (W+, W-) with J = [J0, -J0]: split the step in halves
-      params = {'minus': jax.tree.map(lambda a, b: a - 0.5 * b, p0['minus'], delta),
-                'plus': jax.tree.map(lambda a, b: a + 0.5 * b, p0['plus'], delta)}
-    else:
-      params = jax.tree.map(jnp.add, p0, delta)
+    params = apply_step(p0, delta, self.symmetric_init)
     model = self.t_lin(params, p0, t0, data)
     return self._state(params, p0, t0, data, self._rel(model, data), {'tangent_rank': rank})
 

@@ -132,11 +132,7 @@ class LazyExactSamples(_Outputs, lazy._Linearized):  # noqa: SLF001 - the same m
     rank, delta_flat = lazy.min_norm_solve(jac, data.samples.y - f0, n_params)
     _, unravel = jax.flatten_util.ravel_pytree(base)
     delta = unravel(delta_flat)
-    if self.symmetric_init:  # min-norm over (W+, W-) with J = [J0, -J0]: split the step in halves
-      params = {'minus': jax.tree.map(lambda a, b: a - 0.5 * b, p0['minus'], delta),
-                'plus': jax.tree.map(lambda a, b: a + 0.5 * b, p0['plus'], delta)}
-    else:
-      params = jax.tree.map(jnp.add, p0, delta)
+    params = lazy.apply_step(p0, delta, self.symmetric_init)
     rel = self.train_error(params, p0, f0, data)
     return self._state(params, p0, t0, data, rel, {'f0': f0, 'feature_rank': rank})
 
