@@ -252,11 +252,9 @@ def test_a_subfolder_that_cannot_be_written_is_found_before_computing(finished, 
   shutil.rmtree(os.path.join(wd, 'params'))
   with open(os.path.join(wd, 'params'), 'w') as f:
     f.write('not a folder')
-  t0 = time.time()
   rc, err = run(wd)
   assert rc == 2 and 'params is not a folder' in last_line(err), last_line(err)
-  assert 'chunk' not in err and os.path.getsize(os.path.join(wd, 'results.jsonl')) == 0
-  assert time.time() - t0 < 120
+  assert 'chunk' not in err and os.path.getsize(os.path.join(wd, 'results.jsonl')) == 0  # nothing computed
 
 
 def test_disk_full_is_one_error_naming_the_file_and_leaves_nothing_torn(tmp_path, monkeypatch):
