@@ -114,24 +114,27 @@ def run_data(c, cells, targets: Dict[int, tensors.Target], bucket: int, loss: st
   config.online, its fixed training set (batch 0, drawn here on the host, the same on any device count).
   """
   dt = np.dtype(dtype_of(c))
+  per_seed = {}  # what depends on the seed alone (T*, keys, ||T*||^2, samples): computed once per seed
   rows = []
-  drawn = {}
   progress = _Progress('building run data', len(cells))
   for i, (width, seed) in enumerate(cells):
     progress(i)
-    t = targets[seed]
-    if loss == 'dense' and t.dense is None:  # build T* once, not at every step
-      t = t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order)))
-    _, init_key, reinit_key = seed_keys(seed)
-    rows.append(algorithms.RunData(
-        init_key=np.asarray(init_key), reinit_key=np.asarray(reinit_key),
+    if seed not in per_seed:
+      t = targets[seed]
+      if loss == 'dense' and t.dense is None:  # build T* once, not at every step
+        t = t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), c.order)))
+      _, init_key, reinit_key = seed_keys(seed)
+      target_sq = np.asarray(tensors.target_sq_norm(jax.tree.map(jnp.asarray, targets[seed]), c.order), dt)
+      samples = _samples_of(c, t, seed, target_sq) if loss == 'samples' else (None, None)
+      per_seed[seed] = (t, np.asarray(init_key), np.asarray(reinit_key), target_sq, samples)
+    t, init_key, reinit_key, target_sq, (samples, sample_key) = per_seed[seed]
+    row = algorithms.RunData(
+        init_key=init_key, reinit_key=reinit_key,
         mask=(np.arange(bucket) < width).astype(dt), signs=signs_of(c, bucket).astype(dt),
-        width=np.asarray(width, dt), target=t,
-        target_sq=np.asarray(tensors.target_sq_norm(jax.tree.map(jnp.asarray, targets[seed]), c.order), dt)))
+        width=np.asarray(width, dt), target=t, target_sq=target_sq)
     if loss == 'samples':
-      if seed not in drawn:
-        drawn[seed] = _samples_of(c, t, seed, rows[-1].target_sq)
-      rows[-1] = rows[-1]._replace(samples=drawn[seed][0], sample_key=drawn[seed][1])
+      row = row._replace(samples=samples, sample_key=sample_key)
+    rows.append(row)
   return jax.tree.map(lambda *xs: np.stack(xs), *rows)
 
 
@@ -243,10 +246,12 @@ def _exports(out: sweep.Outcome, cells, bucket: int, scales: Optional[Dict[int, 
   return got
 
 
-def rel_errors(c, cells, bucket: int, out: sweep.Outcome, targets, scales=None) -> List[Optional[float]]:
-  """The float64 rel_error of each cell (None: not finite, diverged)."""
+def rel_errors(c, cells, bucket: int, out: sweep.Outcome, targets, scales=None, exports=None) -> List[Optional[float]]:
+  """The float64 rel_error of each cell (None: not finite, diverged); exports: _exports(out, ...)
+  when the caller has it."""
   rels = []
-  for i, ((width, seed), ex) in enumerate(zip(cells, _exports(out, cells, bucket, scales))):
+  exports = _exports(out, cells, bucket, scales) if exports is None else exports
+  for i, ((width, seed), ex) in enumerate(zip(cells, exports)):
     t = targets[seed]
     rel = None
     if int(out.state.status[i]) != algorithms.DIVERGED:
@@ -262,19 +267,20 @@ def rel_errors(c, cells, bucket: int, out: sweep.Outcome, targets, scales=None) 
 
 def confirm(c, alg, data, cells, bucket: int, out: sweep.Outcome, targets, scales, run_kwargs, label: str):
   """Continues the runs that stopped as converged in the loop while their float64 rel_error is >= eps,
-  with a tighter in-loop threshold, up to CONFIRM_ROUNDS times; returns the final Outcome.
+  with a tighter in-loop threshold, up to CONFIRM_ROUNDS times; returns the final Outcome and its
+  float64 rel_errors (None when not computed), which finalize reuses.
 
   Not for loss=samples: there the loop stops on the training error, which says nothing about the
   population error; a run that stopped with population error >= eps is reported `unconfirmed`.
   """
   if c.loss == 'samples':
-    return out
+    return out, None
   for _ in range(CONFIRM_ROUNDS):
     rels = rel_errors(c, cells, bucket, out, targets, scales)
     status = np.asarray(out.state.status)
     redo = [i for i, r in enumerate(rels) if status[i] == algorithms.CONVERGED and r is not None and r >= c.eps]
     if not redo:
-      return out
+      return out, rels
     inloop = np.asarray(out.state.rel_err, np.float64)
     ratio = min(float(inloop[i]) / rels[i] for i in redo)
     alg = dataclasses.replace(alg, eps=alg.eps * float(np.clip(0.9 * ratio, 1 / 16, 0.9)))
@@ -286,18 +292,19 @@ def confirm(c, alg, data, cells, bucket: int, out: sweep.Outcome, targets, scale
                              label=label, **run_kwargs)
     trace = {k: np.concatenate([out.trace[k], more.trace[k]], axis=1) for k in out.trace}
     out = more._replace(wall_s=out.wall_s + more.wall_s, trace=trace)
-  return out
+  return out, None
 
 
 def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, is_writer,
              values: Optional[Dict] = None, fingerprint: Optional[str] = None,
-             scales: Optional[Dict[int, float]] = None) -> List[Dict]:
+             scales: Optional[Dict[int, float]] = None, rels: Optional[List] = None) -> List[Dict]:
   """One results row per cell; saves learned factors when asked.
 
   c: the config of the program (every cell-axis field at its value); values: {axis field: value}
   of the program (experiments.cell_fields), which rows and file names carry. fingerprint:
   results.config_fingerprint of the config, stamped on every row (config_fp). scales: per seed, the
-  power of two the target was divided by on the host.
+  power of two the target was divided by on the host. rels: the cells' float64 rel_errors when
+  already computed (confirm), else computed here.
 
   rel_error is recomputed on the host in float64 from the exported CP tensor (or the dense model
   for algorithms whose model is not a CP tensor); a run whose export is not finite is diverged. The
@@ -317,7 +324,7 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
                      f'the bucket {bucket}')
   rows = []
   exports = _exports(out, cells, bucket, scales)
-  rels = rel_errors(c, cells, bucket, out, targets, scales)
+  rels = rel_errors(c, cells, bucket, out, targets, scales, exports) if rels is None else rels
   progress = _Progress(f'{alg_name} d={dim}: finishing rows', len(cells))
   for i, (width, seed) in enumerate(cells):
     progress(i)
@@ -333,6 +340,7 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       status = 'unconfirmed'
     else:
       status = 'max_steps'
+    name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'  # of its params and trajectory files
     leaves = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params))
     leaves0 = jax.tree.leaves(jax.tree.map(lambda x: x[i], out.state.params0))
     row = {'algorithm': alg_name, 'order': c.order, 'dim': dim, 'rank': cell['rank'], 'width': width,
@@ -348,12 +356,10 @@ def finalize(c, alg_name, dim, cells, bucket, out: sweep.Outcome, targets, wd, i
       if t.factors is not None:
         row.update(metrics.recovery(coeffs, factors, t.coeffs, t.factors, c.order))
       if c.save_params:
-        name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
         if is_writer:
           results.save_npz_atomic(os.path.join(wd.params_dir, name), sync_dir=False, coeffs=coeffs, factors=factors)
         row['params_file'] = os.path.join('params', name)
     if out.trace and is_writer:
-      name = f'{alg_name}{tag}_l{c.order}_d{dim}_m{width}_s{seed}.npz'
       tr = {k: v[i] for k, v in out.trace.items()}
       s = (scales or {}).get(seed, 1.0)
       if s != 1.0 and 'aligned_weight' in tr:
@@ -500,13 +506,14 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=Tr
                               on_chunk=on_chunk)
             out = sweep.run_program(alg, data, runs, checkpoint_path=ckpt,
                                     checkpoint_every_s=c.checkpoint_every_s, label=label, **run_kwargs)
+            rels = None
             if one:  # solved exactly in init: no in-loop stop to confirm
               out = split_widths(out, list(bucket_ws), run_seeds, cells)
             else:
-              out = confirm(ca, alg, data, cells, bucket, out, targets, scales, run_kwargs, label)
+              out, rels = confirm(ca, alg, data, cells, bucket, out, targets, scales, run_kwargs, label)
             end = _phase('%s: finishing %d runs (rows%s)', label, len(cells), ', params' if c.save_params else '')
             new = finalize(ca, alg_name, dim, cells, bucket, out, targets, wd, is_writer, values=values,
-                           fingerprint=fp, scales=scales)
+                           fingerprint=fp, scales=scales, rels=rels)
             if is_writer:
               wd.append_results(new)
               sweep.remove_checkpoint(ckpt)

@@ -174,19 +174,3 @@ def test_two_processes_give_identical_results(one_device_run, tmp_path):
     assert json.load(f)['provenance']['processes'] == 2
 
 
-@pytest.mark.parametrize('args, field', [
-    (['--config.orderr=2'], 'orderr'),
-    (['--config.order=1'], 'config.order'),
-    (['--config.widths=(0,2)'], 'config.widths'),
-    (['--config.lr=-1.0'], 'config.lr'),
-    (['--config.target.kind=gaussian'], 'config.target.kind'),
-    (['--config=configs/does_not_exist.py'], '--config'),
-])
-@pytest.mark.slow
-def test_bad_input_is_one_error_line(tmp_path, args, field):
-  rc, err = finish(launch(str(tmp_path / 'w'), *args))
-  assert rc == 2
-  last = err.strip().splitlines()[-1]
-  assert last.startswith('error: ') and field in last, last
-  assert 'Traceback' not in err
-  assert not os.path.exists(tmp_path / 'w' / 'results.jsonl')
