@@ -1,9 +1,13 @@
 """overparam: over-parameterized symmetric tensor decomposition, lazy versus beyond lazy, in JAX.
 
-Python API (overparam/api.py; imported on first use, so `import overparam` does not import JAX):
-  decompose(tensor, width, *, order=None, algorithm='beyond_lazy', **config_overrides)
-  run(config, workdir)        a sweep, as launch.py runs it; returns the summary
-  load_config('configs/default.py:quick')
+The functional core (pure functions; they compose with jax.jit and jax.vmap):
+  gd(...), beyond_lazy(...), lazy(...), lazy_exact(...)   algorithm values (hyperparameters as leaves)
+  fit(algorithm, key, target, *, width, steps, eps)      one run -> FitResult
+  CPTensor(coeffs, factors, order)                       a CP target (the implicit loss)
+  init_params, cp_form, dense, loss, rel_error           the model and loss, for your own loops
+Built on it:
+  decompose(tensor, width, ...) -> Decomposition          one tensor, in memory
+  run(config, workdir), load_config(spec)                 a sweep into a workdir, as launch.py runs it
 """
 
 import os
@@ -15,12 +19,22 @@ import os
 # numpy loads, which importing this package does first (launch.py imports nothing else before it).
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-__all__ = ('decompose', 'run', 'load_config', 'Decomposition')
+from overparam.algorithms import beyond_lazy, gd, lazy, lazy_exact  # noqa: E402
+from overparam.core import STATUS_NAMES  # noqa: E402
+from overparam.fit import FitResult, fit  # noqa: E402
+from overparam.model import cp_form, dense, init_params, loss, rel_error  # noqa: E402
+from overparam.tensors import CPTensor  # noqa: E402
+
+__all__ = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact', 'fit', 'FitResult', 'CPTensor', 'STATUS_NAMES',
+           'init_params', 'cp_form', 'dense', 'loss', 'rel_error', 'decompose', 'run', 'load_config',
+           'Decomposition')
+
+_API = ('decompose', 'run', 'load_config', 'Decomposition')
 
 
 def __getattr__(name):
-  if name in __all__:
-    from overparam import api  # noqa: PLC0415
+  if name in _API:  # the workdir engine (matplotlib, ml_collections) loads on first use
+    from overparam import api  # noqa: PLC0415 - lazy for import time, not to dodge a cycle
     return getattr(api, name)
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 

@@ -33,7 +33,9 @@ from typing import Any, Dict, Mapping, Optional, Union
 import ml_collections
 import numpy as np
 
-from overparam import compile_cache
+import jax
+
+from overparam import compile_cache, config_lib, experiments
 from overparam.errors import ConfigError, TargetError
 
 # Fields decompose() sets from its arguments; overriding them is a ConfigError.
@@ -82,7 +84,6 @@ def decompose(tensor, width: int, *, order: Optional[int] = None, algorithm: str
   Raises ConfigError (a field or argument out of range, an unknown field or algorithm) or
   TargetError (a tensor that is not a finite symmetric (d,)*l array or CP pair).
   """
-  from overparam import config_lib  # noqa: PLC0415 - imports jax
   if not _is_int(width) or width < 1:
     raise ConfigError(f'width must be an integer >= 1, got {width!r}')
   if order is not None and (not _is_int(order) or order < 2):
@@ -155,13 +156,10 @@ def run(config: Union[ml_collections.ConfigDict, str], workdir: str, *,
                       f'{type(config).__name__}')
   if config.get('distributed'):
     raise ConfigError('config.distributed: multi-process runs start from launch.py (one process per host)')
-  from overparam import config_lib  # noqa: PLC0415 - imports jax
-  config_lib.validate(config)  # as launch.py: before jax is configured, before anything is written
-  import jax  # noqa: PLC0415
+  config_lib.validate(config)  # as launch.py: before anything is written
   compile_cache.configure(compilation_cache)
   if config.get('x64'):
     jax.config.update('jax_enable_x64', True)  # process-wide; see the module docstring
-  from overparam import experiments  # noqa: PLC0415
   return experiments.run(config, workdir, figures=figures)
 
 

@@ -30,8 +30,8 @@ Epochs: epoch e (e = 0, 1, ...) lasts round(epoch_length * epoch_growth^e) steps
   every epoch e >= 1, each real component with ||w_i|| < reinit_threshold is re-drawn as
   init_scale * Unif(S^{d-1}) from fold_in(fold_in(reinit_key, e), i); every other component, and
   the padding, is left as it is. Optimizer moments of a re-drawn component are reset.
-Stop:  rel_error < eps (checked at every step by algorithms.guarded_update; in float32 at 0.99 eps,
-  see algorithms.F32_STOP_MARGIN) or the step budget.
+Stop:  rel_error < eps (checked at every step by core.guarded_update; in float32 at 0.99 eps,
+  see core.F32_STOP_MARGIN) or the step budget.
 
 Why it leaves the lazy regime: under this parametrization the direction v_i = w_i / ||w_i|| moves
 at a speed independent of ||w_i|| (dv_i/dt = l P_perp (T* - T)(v_i, ..., v_i, .) -- a tensor power
@@ -42,10 +42,10 @@ arrive at an already fitted a_j stop growing and are recycled by the re-initiali
 
 Units. The algorithm trains on T* / ||T*||_F and rescales its export by ||T*||_F: the parameters
 (init_scale, reinit_threshold, reg, lr) are dimensionless, so one set of defaults works whatever
-the scale of the target (rank, weights, a user's file). The step size has its own field
+the scale of the target (rank, weights, a user's file). The step size has its own config field
 (config.beyond_lazy.lr) because of this: config.lr is plain gd's step on the raw loss. With
 loss = 'samples' (overparam/network.py) it fits the network's empirical loss with the labels divided
-by the same ||T*||_F (f_{T*/s} = f_{T*}/s), and stops when the training error is below network.stop_eps.
+by the same ||T*||_F (f_{T*/s} = f_{T*}/s), and stops when the training error is below data.stop_eps.
 
 The re-initialization is a mask, never a Python branch: the step function of every run is the same
 traced program, so it runs inside the sweep engine's vmapped scan. Under vmap a conditional
@@ -63,13 +63,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from overparam import algorithms, config_lib, memory, network, objectives, optim, registry, tensors
-from overparam.algorithms import RunData, RunState
-from overparam.errors import ConfigError
-
-# Defaults of config.beyond_lazy (how they were chosen: README.md, section "Beyond lazy"). It trains
-# on T* / ||T*||_F, so these are dimensionless; lr is its own step size (config.lr is plain gd's).
-DEFAULTS = dict(lr=0.2, init_scale=1e-3, reinit_threshold=1e-2, epoch_length=100, epoch_growth=1.5, reg=1e-4)
+from overparam import checks, core, memory, network, objectives, optim, tensors
+from overparam.core import RunData, RunState, Task
+from overparam.gd import SIGNS
 
 
 class Aux(NamedTuple):
@@ -81,10 +77,10 @@ class Aux(NamedTuple):
   pending: jax.Array      # (B, d) re-draw directions of the next epoch, filled during this one
 
 
-def epoch_length_of(epoch, epoch_length: int, epoch_growth: float):
+def epoch_length_of(epoch, epoch_length: int, epoch_growth):
   """Length in steps of epoch `epoch` (0-based): max(1, round(epoch_length * epoch_growth^epoch))."""
   e = jnp.asarray(epoch, jnp.float32)
-  n = jnp.round(epoch_length * jnp.power(jnp.float32(epoch_growth), e))
+  n = jnp.round(epoch_length * jnp.power(jnp.asarray(epoch_growth, jnp.float32), e))
   return jnp.clip(n, 1.0, 2.0 ** 30).astype(jnp.int32)
 
 
@@ -96,76 +92,66 @@ def normalized_target(target: tensors.Target, scale) -> tensors.Target:
       dense=None if target.dense is None else target.dense / scale)
 
 
+@core.register
 @dataclasses.dataclass(frozen=True)
-class BeyondLazy(algorithms.Algorithm):
-  """The beyond-lazy reconstruction as a per-run algorithm of the sweep engine (see module docstring:
-  not the 2020 paper's Algorithm 1).
+class BeyondLazy(core.Algorithm):
+  """The beyond-lazy reconstruction as a per-run algorithm (see the module docstring: not the 2020
+  paper's Algorithm 1). Build it with `beyond_lazy(...)`."""
+  lr: Any
+  init_scale: Any
+  reinit_threshold: Any
+  epoch_growth: Any
+  reg: Any
+  epoch_length: int = core.static()
+  signs: str = core.static()
+  optimizer: optim.Optimizer = core.static()
 
-  spec must use the homogeneous parametrization; spec.reg is the regularizer (normalized units).
-  """
-  spec: objectives.Spec
-  dim: int
-  bucket: int
-  steps: int
-  lr: float
-  optimizer: Any = optim.Optimizer()  # an optim.Optimizer, or an optax alias name
-  init_scale: float = 1e-3
-  reinit_threshold: float = 1e-2
-  epoch_length: int = 100
-  epoch_growth: float = 1.5
-  eps: float = 1e-2
-  dtype: Any = jnp.float32
-
-  def __post_init__(self):
-    if self.spec.parametrization != 'homogeneous':
-      raise ValueError(f'beyond_lazy needs the homogeneous parametrization, got {self.spec.parametrization!r}')
-
-  def _opt(self):
-    return algorithms.make_optimizer(self.optimizer, self.lr, self.steps)
+  def _opt(self, task: Task):
+    return core.make_optimizer(self.optimizer, self.lr, task.steps)
 
   def _scale(self, data: RunData):
-    return jnp.sqrt(data.target_sq).astype(self.dtype)
+    return jnp.sqrt(data.target_sq).astype(core.dtype_of(data))
 
-  @property
-  def rows_per_step(self) -> int:
+  def _signs(self, data: RunData):
+    return core.signs_vector(self.signs, core.dims_of(data)[0], core.dtype_of(data))
+
+  def rows_per_step(self, bucket: int) -> int:
     """Rows of the next epoch's re-draw buffer drawn at each step (the buffer fills in one epoch)."""
-    return max(1, -(-self.bucket // self.epoch_length))
+    return max(1, -(-bucket // self.epoch_length))
 
-  def fresh_directions(self, reinit_key, epoch, ids):
+  def fresh_directions(self, reinit_key, epoch, ids, dim: int, dtype):
     """init_scale * Unif(S^{d-1}) for components `ids` (k,) of epoch `epoch`: (k, d).
 
     Component i of epoch e uses fold_in(fold_in(reinit_key, e), i), as objectives.init_params
     draws component i from fold_in(key, i).
     """
     ek = jax.random.fold_in(reinit_key, epoch)
-    g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(ek, i), (self.dim,), self.dtype))(ids)
+    g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(ek, i), (dim,), dtype))(ids)
     return self.init_scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
 
-  def init(self, data: RunData) -> RunState:
-    p = objectives.init_params(data.init_key, 'homogeneous', self.bucket, self.dim, self.init_scale, self.dtype)
+  def init(self, task: Task, data: RunData) -> RunState:
+    bucket, dim = core.dims_of(data)
+    dtype = core.dtype_of(data)
+    p = objectives.init_params(data.init_key, 'homogeneous', bucket, dim, self.init_scale, dtype)
     zero = jnp.zeros((), jnp.int32)
-    aux = Aux(epoch=zero, epoch_start=zero,
-              boundary=epoch_length_of(0, self.epoch_length, self.epoch_growth),
-              reinits=zero, pending=jnp.zeros((self.bucket, self.dim), self.dtype))
-    return RunState(params=p, opt_state=self._opt().init(p), params0=p,
-                    step=zero, status=jnp.full((), algorithms.RUNNING, jnp.int32),
-                    rel_err=jnp.full((), jnp.inf, self.dtype), aux=aux)
+    aux = Aux(epoch=zero, epoch_start=zero, boundary=epoch_length_of(0, self.epoch_length, self.epoch_growth),
+              reinits=zero, pending=jnp.zeros((bucket, dim), dtype))
+    return core.new_state(p, self._opt(task).init(p), p, dtype, aux=aux)
 
-  def reinitialize(self, state: RunState, data: RunData) -> RunState:
+  def reinitialize(self, task: Task, state: RunState, data: RunData) -> RunState:
     """Starts the next epoch if this step is an epoch boundary (a no-op otherwise).
 
     At a boundary of a running run, re-draws exactly the real components whose norm is below
     reinit_threshold, resets their optimizer moments, and advances epoch and boundary.
     """
     aux = state.aux
-    at = ((state.status == algorithms.RUNNING) & (state.step == aux.boundary)
-          & (state.step < self.steps))
+    at = (state.status == core.RUNNING) & (state.step == aux.boundary) & (state.step < task.steps)
     new_epoch = aux.epoch + 1
     w = state.params['factors']
     small = jnp.sum(w * w, axis=-1) < self.reinit_threshold ** 2
     redraw = at & (data.mask > 0) & small
     params = {**state.params, 'factors': jnp.where(redraw[:, None], aux.pending, w)}
-    fresh_opt = self._opt().init(params)
+    fresh_opt = self._opt(task).init(params)
 
     def reset(old, new):  # per-component optimizer leaves (moments) restart with the component
       if old.shape == w.shape:
@@ -175,77 +161,83 @@ class BeyondLazy(algorithms.Algorithm):
     aux = aux._replace(
         epoch=jnp.where(at, new_epoch, aux.epoch),
         epoch_start=jnp.where(at, state.step, aux.epoch_start),
-        boundary=jnp.where(at, aux.boundary + epoch_length_of(new_epoch, self.epoch_length,
-                                                              self.epoch_growth), aux.boundary),
+        boundary=jnp.where(at, aux.boundary + epoch_length_of(new_epoch, self.epoch_length, self.epoch_growth),
+                           aux.boundary),
         reinits=aux.reinits + jnp.sum(redraw).astype(jnp.int32))
     return state._replace(params=params, opt_state=opt_state, aux=aux)
 
   def draw_ahead(self, state: RunState, data: RunData) -> RunState:
     """Draws the next rows of the next epoch's re-draw buffer (idempotent once it is full)."""
     aux = state.aux
-    k = self.rows_per_step
-    ids = jnp.minimum((state.step - aux.epoch_start) * k + jnp.arange(k), self.bucket - 1)
-    rows = self.fresh_directions(data.reinit_key, aux.epoch + 1, ids)
+    bucket, dim = core.dims_of(data)
+    k = self.rows_per_step(bucket)
+    ids = jnp.minimum((state.step - aux.epoch_start) * k + jnp.arange(k), bucket - 1)
+    rows = self.fresh_directions(data.reinit_key, aux.epoch + 1, ids, dim, core.dtype_of(data))
     return state._replace(aux=aux._replace(pending=aux.pending.at[ids].set(rows)))
 
-  def loss(self, params, data: RunData):
+  def loss(self, task: Task, params, data: RunData):
     scale = self._scale(data)
     target = normalized_target(data.target, scale)
     samples = None if data.samples is None else network.scale_labels(data.samples, 1.0 / scale)
-    return objectives.objective(params, data.signs, data.mask, target, self.spec, samples)
+    return objectives.objective(params, self._signs(data), data.mask, target, task.order, 'homogeneous', task.loss,
+                                self.reg, samples)
 
-  def step(self, state: RunState, data: RunData) -> RunState:
-    data = algorithms.with_step_samples(data, state.step, self.spec, self.dim, self.dtype)
-    state = self.draw_ahead(self.reinitialize(state, data), data)
-    out, grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, data)
-    return algorithms.guarded_update(state, out, grads, self._opt(), self.eps, self.steps,
-                                     jnp.ones_like(data.target_sq))
+  def step(self, task: Task, state: RunState, data: RunData) -> RunState:
+    data = core.with_step_samples(task, data, state.step)
+    state = self.draw_ahead(self.reinitialize(task, state, data), data)
+    out, grads = jax.value_and_grad(lambda p: self.loss(task, p, data), has_aux=True)(state.params)
+    return core.guarded_update(task, state, out, grads, self._opt(task), data, jnp.ones_like(data.target_sq))
 
-  def export(self, state: RunState, data: RunData):
-    c, v = objectives.canonical(state.params, 'homogeneous', data.signs)
+  def export(self, task: Task, state: RunState, data: RunData):
+    c, v = objectives.canonical(state.params, 'homogeneous', self._signs(data))
     return c * data.mask * self._scale(data), v
 
-  def extras(self, state: RunState, data: RunData):
+  def extras(self, task: Task, state: RunState, data: RunData):
     out = {'epochs': state.aux.epoch, 'reinitialized': state.aux.reinits}
-    return {**out, **algorithms.sample_extras(self.export(state, data), state, data, self.spec, self.dim,
-                                              self.dtype)}
+    return {**out, **core.sample_extras(task, self.export(task, state, data), state, data)}
 
-  def trace(self, state: RunState, data: RunData):
+  def trace(self, task: Task, state: RunState, data: RunData):
     out = {'rel_error': state.rel_err, 'step': state.step, 'epoch': state.aux.epoch}
     if data.target.factors is not None:
-      out.update(algorithms.alignment_trace(*self.export(state, data), data, self.spec.order))
+      out.update(core.alignment_trace(*self.export(task, state, data), data, task.order))
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Registration.
+def beyond_lazy(*, lr=0.2, init_scale=1e-3, reinit_threshold=1e-2, epoch_length: int = 100, epoch_growth=1.5,
+                reg=1e-4, signs: str = 'positive', optimizer: str = 'sgd', optimizer_kwargs=None,
+                schedule: str = 'constant', schedule_kwargs=None) -> BeyondLazy:
+  """The beyond-lazy reconstruction: 2-homogeneous GD from a small init with re-initialization in
+  growing epochs, trained on T*/||T*||_F (module docstring; README "Beyond lazy" has how the defaults
+  were measured). Every hyperparameter is dimensionless (normalized units).
 
-def validate(c):
-  b = c.beyond_lazy
-  config_lib.check_finite('beyond_lazy.lr', b.lr, 0.0, True)
-  config_lib.check_finite('beyond_lazy.init_scale', b.init_scale, 0.0, True)
-  config_lib.check_finite('beyond_lazy.reinit_threshold', b.reinit_threshold, 0.0)
-  if not config_lib.is_int(b.epoch_length) or b.epoch_length < 1:
-    raise ConfigError(f'config.beyond_lazy.epoch_length must be an integer >= 1, got {b.epoch_length!r}')
-  config_lib.check_finite('beyond_lazy.epoch_growth', b.epoch_growth, 1.0)
-  config_lib.check_finite('beyond_lazy.reg', b.reg, 0.0)
+  Args:
+    lr: the step size in normalized units (a finite number > 0).
+    init_scale: components start (and restart) at init_scale * Unif(S^{d-1}) (a finite number > 0).
+    reinit_threshold: at each epoch start, real components with ||w_i|| below it are re-drawn (a finite number >= 0).
+    epoch_length: steps of the first epoch (an integer >= 1; static: it sets the re-draw buffer's fill rate).
+    epoch_growth: epoch e lasts round(epoch_length * epoch_growth^e) steps (a finite number >= 1).
+    reg: l2 regularization reg/2 ||W||^2 in normalized units (a finite number >= 0).
+    signs: the fixed signs s_i of the components: positive or balanced (+1, -1, ...).
+    optimizer: an optax optimizer alias that takes learning_rate (sgd, adam, adamw, lion, ...).
+    optimizer_kwargs: its other arguments, e.g. {'b1': 0.8} (checked against its signature).
+    schedule: the step-size schedule: constant, cosine, warmup_cosine, linear, ... (overparam/optim.py).
+    schedule_kwargs: the schedule's other arguments, e.g. {'warmup_steps': 100}.
+
+  Returns a BeyondLazy value for overparam.fit (a pytree: lr, init_scale, reinit_threshold,
+  epoch_growth, reg are its leaves). Raises errors.ArgumentError naming the argument.
+  """
+  checks.number('lr', lr, 0.0, True)
+  checks.number('init_scale', init_scale, 0.0, True)
+  checks.number('reinit_threshold', reinit_threshold, 0.0)
+  epoch_length = checks.integer('epoch_length', epoch_length, 1)
+  checks.number('epoch_growth', epoch_growth, 1.0)
+  checks.number('reg', reg, 0.0)
+  checks.choice('signs', signs, SIGNS)
+  opt = optim.optimizer(optimizer, optimizer_kwargs, schedule, schedule_kwargs)
+  return BeyondLazy(lr=lr, init_scale=init_scale, reinit_threshold=reinit_threshold, epoch_growth=epoch_growth,
+                    reg=reg, epoch_length=epoch_length, signs=signs, optimizer=opt)
 
 
-def build(c, dim: int, bucket: int) -> BeyondLazy:
-  b = c.beyond_lazy
-  spec = objectives.Spec(c.order, 'homogeneous', config_lib.resolve_loss(c), b.reg, network.sample_spec_of(c))
-  return BeyondLazy(spec=spec, dim=dim, bucket=bucket, steps=c.steps, lr=b.lr, optimizer=optim.from_config(c),
-                    init_scale=b.init_scale, reinit_threshold=b.reinit_threshold, epoch_length=b.epoch_length,
-                    epoch_growth=b.epoch_growth, eps=network.stop_eps(c), dtype=config_lib.dtype_of(c))
-
-
-def words_per_run(c, dim: int, bucket: int, rank: int) -> int:
+def words_per_run(alg: BeyondLazy, task: Task, dim: int, bucket: int, rank: int) -> int:
   """GD on the homogeneous model (d parameters per component) plus the (B, d) re-draw buffer."""
-  return bucket * dim + memory.cp_model_words(c, dim, bucket, rank, per_comp=dim, terms=bucket,
-                                              loss=config_lib.resolve_loss(c)) + network.sample_words(c, dim, bucket)
-
-
-SPEC = registry.AlgorithmSpec(
-    name='beyond_lazy', build=build, defaults=DEFAULTS, validate=validate, words_per_run=words_per_run,
-    reads=('signs',) + network.SAMPLE_FIELDS + optim.FIELDS, row_fields=('epochs', 'reinitialized', 'train_error'),
-    scale_free=True)
+  return bucket * dim + memory.cp_model_words(task, alg.optimizer, dim, bucket, rank, per_comp=dim, terms=bucket)

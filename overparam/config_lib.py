@@ -1,5 +1,9 @@
-"""The config contract (docs/DESIGN.md section 8): defaults every experiment starts from, and validation.
+"""The config contract (docs/DESIGN.md section 8): defaults every experiment starts from, validation,
+the cell axes, and what a config means for the library (the algorithm values, the task).
 
+The fields an algorithm reads, their defaults and their checks are its constructor's
+(registry.AlgorithmSpec.make and .fields): base_config reads the defaults from there, and validation
+builds every algorithm from the config (errors.ArgumentError renamed to the config field).
 Validation runs before any computation and raises ConfigError with a one-line message that names
 the field and the accepted range; the launcher prints it as `error: ...`.
 """
@@ -14,11 +18,11 @@ import jax.numpy as jnp
 from absl import logging
 import ml_collections
 
-from overparam import objectives, optim, registry, tensors
-from overparam.errors import ConfigError
+from overparam import algorithms, checks, core, network, objectives, optim, registry, tensors
+from overparam.errors import ArgumentError, ConfigError
 
-LOSSES = ('auto',) + objectives.ALL_LOSSES
-SIGNS = ('positive', 'balanced')
+LOSSES = ('auto',) + core.LOSSES
+SIGNS = algorithms._gd.SIGNS  # noqa: SLF001 - the signs the algorithms accept
 # Numeric fields that cannot be cell axes, and why.
 NOT_AXES = {
     'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
@@ -30,18 +34,14 @@ NOT_AXES = {
 }
 
 
-def __getattr__(name):
-  if name == 'ALGORITHMS':  # config_lib.ALGORITHMS: every registered algorithm (registry.names())
-    return registry.names()
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-
-
 def base_config() -> ml_collections.ConfigDict:
   """Every field the launcher understands, with neutral defaults; configs override what they need.
 
-  The sub-dicts of the algorithms (config.beyond_lazy, config.lazy, ...) come from their registry
-  entries (registry.AlgorithmSpec.defaults).
+  The fields the algorithms read (lr, init_scale, ..., and the sub-dicts config.beyond_lazy,
+  config.lazy, ...) take their defaults from the algorithms' constructors (registry.AlgorithmSpec);
+  steps and eps from overparam.fit's (core.DEFAULT_STEPS, DEFAULT_EPS).
   """
+  shared = registry.shared_defaults()
   c = ml_collections.ConfigDict()
   c.algorithms = ('gd',)
   c.order = 3
@@ -61,23 +61,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.target = ml_collections.ConfigDict(
       dict(kind='random_unit', weights=(), noise=0.0, coherence=0.0, path=''))
-  c.parametrization = 'cp'
-  c.signs = 'positive'
+  c.parametrization = shared['parametrization']
+  c.signs = shared['signs']
   c.loss = 'auto'
-  c.steps = 2000
-  c.lr = 0.05
+  c.steps = core.DEFAULT_STEPS
+  c.lr = shared['lr']
   # Any optax optimizer taking a learning rate (optim.optimizer_names()), its other arguments (a dict:
   # --config.optimizer_kwargs='{"weight_decay": 0.01}'), and a step-size schedule (optim.SCHEDULES)
   # with its arguments; for every algorithm with a step size (gd, beyond_lazy, lazy).
-  c.optimizer = 'sgd'
-  c.optimizer_kwargs = ml_collections.ConfigDict()
-  c.schedule = 'constant'
-  c.schedule_kwargs = ml_collections.ConfigDict()
-  c.init_scale = 0.3
-  c.reg = 0.0
-  c.alpha = 1.0
+  c.optimizer = shared['optimizer']
+  c.optimizer_kwargs = ml_collections.ConfigDict(dict(shared['optimizer_kwargs'] or {}))
+  c.schedule = shared['schedule']
+  c.schedule_kwargs = ml_collections.ConfigDict(dict(shared['schedule_kwargs'] or {}))
+  c.init_scale = shared['init_scale']
+  c.reg = shared['reg']
+  c.alpha = shared['alpha']
   c.alphas = ()  # a sweep over alpha for gd: one cell per value (rows carry alpha); () = (alpha,)
-  c.eps = 0.05
+  c.eps = core.DEFAULT_EPS
   c.save_params = True
   c.x64 = False
   c.chunk_steps = 250
@@ -97,8 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   # One sub-dict per algorithm that declares defaults (config.lazy: overparam/lazy.py;
   # config.beyond_lazy: overparam/beyond_lazy.py).
   for spec in registry.specs():
-    if spec.defaults is not None:
-      c[spec.name] = ml_collections.ConfigDict(dict(spec.defaults))
+    own = spec.subconfig_defaults()
+    if own is not None:
+      c[spec.name] = ml_collections.ConfigDict(own)
   return c
 
 
@@ -120,11 +121,6 @@ def _finite(name, x, lo=None, lo_open=False, hi=None, hi_open=False):
   if hi is not None and (x > hi or (hi_open and x == hi)):
     rng = f'{"< " if hi_open else "<= "}{hi}'
     raise ConfigError(f'config.{name} must be {rng}, got {x!r}')
-
-
-# For the validators of the algorithm modules.
-is_int = _is_int
-check_finite = _finite
 
 
 def _choice(name, x, allowed):
@@ -282,11 +278,7 @@ def _validate_one(c: ml_collections.ConfigDict):
                       'target.noise = 0); use loss=dense or auto')
   optim.check(c.optimizer, c.get('optimizer_kwargs'), c.get('schedule', 'constant'), c.get('schedule_kwargs'),
               c.steps)
-  _finite('lr', c.lr, 0.0, True)
   _finite('eps', c.eps, 0.0, True, 1.0, True)
-  _finite('init_scale', c.init_scale, 0.0, True)
-  _finite('reg', c.reg, 0.0)
-  _finite('alpha', c.alpha, 0.0, True)
   if not isinstance(c.alphas, (tuple, list)):
     raise ConfigError(f'config.alphas must be a tuple of numbers > 0 (empty: config.alpha), got {c.alphas!r}')
   for a in c.alphas:
@@ -303,9 +295,8 @@ def _validate_one(c: ml_collections.ConfigDict):
   for name in ('save_params', 'x64', 'distributed'):
     _bool(name, c[name])
   _validate_samples(c)
-  for spec in registry.specs():  # every algorithm's own fields, selected or not
-    if spec.validate is not None:
-      spec.validate(c)
+  for spec in registry.specs():  # every algorithm's fields (its constructor's checks), selected or not
+    algorithm_of(c, spec.name, selected=spec.name in algs)
 
 
 def _validate_samples(c: ml_collections.ConfigDict):
@@ -322,11 +313,16 @@ def _validate_samples(c: ml_collections.ConfigDict):
     raise ConfigError('config.loss=samples needs a factored target (target.kind != file or a .npz CP file, '
                       'target.noise = 0: the labels are f_{T*}(x) of its components); use config.label_noise '
                       'for noisy labels')
+  unable = [a for a in c.algorithms if not registry.get(a).samples]
+  if unable:
+    raise ConfigError(f'config.loss=samples: {", ".join(unable)} cannot learn from samples '
+                      f'(these can: {", ".join(s.name for s in registry.specs() if s.samples)})')
   if c.online:
-    lazy_arms = [a for a in c.algorithms if a in ('lazy', 'lazy_exact')]
-    if lazy_arms:
-      raise ConfigError(f'config.online=True is for gd and beyond_lazy (the lazy arms learn from a fixed '
-                        f'training set), got config.algorithms with {", ".join(lazy_arms)}')
+    offline = [a for a in c.algorithms if not registry.get(a).online]
+    if offline:
+      online = [s.name for s in registry.specs() if s.online]
+      raise ConfigError(f'config.online=True is for {", ".join(online)} (the others learn from a fixed '
+                        f'training set), got config.algorithms with {", ".join(offline)}')
 
 
 def validate(c: ml_collections.ConfigDict):
@@ -351,12 +347,13 @@ def unused_subconfig_fields(c) -> List[str]:
   selected = [registry.get(a) for a in c.algorithms]
   out = []
   for spec in registry.specs():
-    if spec.defaults is None or spec.name not in c:
+    own = spec.subconfig_defaults()
+    if own is None or spec.name not in c:
       continue
     sub = c[spec.name]
     if any(s.uses(f'{spec.name}.{k}') for s in selected for k in sub):
       continue
-    out += [f'config.{spec.name}.{k} = {sub[k]!r}' for k, d in spec.defaults.items()
+    out += [f'config.{spec.name}.{k} = {sub[k]!r}' for k, d in own.items()
             if k in sub and _plain(sub[k]) != _plain(d)]
   return out
 
@@ -526,3 +523,51 @@ def _factored(c: ml_collections.ConfigDict) -> bool:
   """T* is exactly a CP tensor: generated, or a .npz (coeffs, factors) file; and no noise."""
   kind_ok = c.target.kind != 'file' or tensors.is_cp_file(c.target.path)
   return kind_ok and not c.target.noise > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# What a config means for the library.
+
+def _value(v):
+  """A config value as a constructor argument: ConfigDicts as dicts, lists as tuples."""
+  if isinstance(v, ml_collections.ConfigDict):
+    return v.to_dict()
+  if isinstance(v, list):
+    return tuple(v)
+  return v
+
+
+def algorithm_of(c, name: str, selected: bool = True):
+  """The algorithm value of `name` under config `c` (its constructor called with the config fields it
+  reads); a constructor's ArgumentError becomes a ConfigError naming the config field. selected=False
+  (an algorithm the config does not run; validated for its own sub-dict only) leaves the fields it
+  shares with others at their defaults."""
+  spec = registry.get(name)
+  kwargs = {}
+  for arg, field in spec.fields.items():
+    if selected or field.startswith(name + '.'):
+      kwargs[arg] = _value(get_field(c, field))
+  try:
+    return spec.make(**kwargs)
+  except ArgumentError as e:
+    raise e.renamed(f'config.{spec.fields[e.argument]}') from None
+
+
+def sample_spec_of(c):
+  """The SampleSpec of config.loss = 'samples' (num_samples, online, label_noise); None otherwise."""
+  if c.loss != 'samples':
+    return None
+  return network.SampleSpec(num_samples=int(c.num_samples), online=bool(c.online), label_noise=float(c.label_noise))
+
+
+def task_of(c) -> core.Task:
+  """The core.Task of config `c`: order, the resolved loss, the step budget, the samples."""
+  return core.Task(order=int(c.order), loss=resolve_loss(c), steps=int(c.steps), sampling=sample_spec_of(c))
+
+
+def stop_eps(c) -> float:
+  """The error at which a run stops: config.eps; for loss = 'samples' the training error's threshold
+  config.train_eps (0: eps / 10), so that the population error, which eps judges, can get below eps."""
+  if c.loss != 'samples':
+    return float(c.eps)
+  return float(c.train_eps) or c.eps / 10

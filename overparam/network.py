@@ -55,7 +55,7 @@ class SampleSpec:
 
 
 def sample_key(seed: int):
-  """The samples key of one seed: fold_in(PRNGKey(seed), 3) (experiments.seed_keys uses 0, 1, 2)."""
+  """The samples key of one seed: fold_in(PRNGKey(seed), 3) (targets.seed_keys uses 0, 1, 2)."""
   return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
 
 
@@ -127,7 +127,7 @@ def draw(key, batch, num: int, dim: int, target_coeffs, target_factors, order: i
 
 def step_samples(data, step, sampling: SampleSpec, order: int, dim: int, dtype) -> Samples:
   """The samples the update at `step` uses: the run's fixed set (data.samples), or online the fresh
-  batch step + 1 drawn on device from data.sample_key. data: an algorithms.RunData of one run."""
+  batch step + 1 drawn on device from data.sample_key. data: a core.RunData of one run."""
   if not sampling.online:
     return data.samples
   t = data.target
@@ -138,33 +138,3 @@ def step_samples(data, step, sampling: SampleSpec, order: int, dim: int, dtype) 
 def scale_labels(samples: Samples, factor) -> Samples:
   """Labels times `factor` (beyond_lazy trains on T* / ||T*||: its labels are divided the same way)."""
   return samples._replace(y=samples.y * factor)
-
-
-# ----------------------------------------------------------------------------------------------
-# Config (read by the algorithms that learn from samples: their registry specs list SAMPLE_FIELDS).
-
-SAMPLE_FIELDS = ('loss', 'num_samples', 'label_noise', 'online', 'train_eps')
-
-
-def sample_spec_of(c):
-  """The SampleSpec of config.loss = 'samples' (num_samples, online, label_noise); None otherwise."""
-  if c.loss != 'samples':
-    return None
-  return SampleSpec(num_samples=int(c.num_samples), online=bool(c.online), label_noise=float(c.label_noise))
-
-
-def stop_eps(c) -> float:
-  """The error at which a run stops: config.eps; for loss = 'samples' the training error's threshold
-  config.train_eps (0: eps / 10), so that the population error, which eps judges, can get below eps."""
-  if c.loss != 'samples':
-    return c.eps
-  return float(c.train_eps) or c.eps / 10
-
-
-def sample_words(c, dim: int, terms: int) -> int:
-  """Array elements of the samples and the network's intermediates in one run (memory estimate): x (n, d)
-  (twice online: drawn every step), the n x terms pre-activations, Hermite recurrence and cotangents."""
-  if c.loss != 'samples':
-    return 0
-  n = int(c.num_samples)
-  return 2 * n * dim + (c.order + 4) * n * terms + 2 * n

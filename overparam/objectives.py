@@ -13,7 +13,6 @@ term is the network's empirical loss 1/(2n) sum_k (f_T(x_k) - y_k)^2, whose expe
 1/2 ||T - T*||_F^2 (overparam/network.py).
 """
 
-import dataclasses
 from typing import Optional
 
 import chex
@@ -26,26 +25,6 @@ from overparam import network, tensors
 PARAMETRIZATIONS = ('cp', 'power', 'homogeneous')
 LOSSES = ('dense', 'implicit')  # the tensor losses
 ALL_LOSSES = LOSSES + ('samples',)  # and the network's empirical loss (network.py)
-
-
-@dataclasses.dataclass(frozen=True)
-class Spec:
-  """Static description of the model and its loss (hashable: a jit static argument)."""
-  order: int
-  parametrization: str = 'cp'
-  loss: str = 'implicit'
-  reg: float = 0.0
-  sampling: Optional[network.SampleSpec] = None  # the data of loss = 'samples'
-
-  def __post_init__(self):
-    if self.order < 2:
-      raise ValueError(f'order must be >= 2, got {self.order}')
-    if self.parametrization not in PARAMETRIZATIONS:
-      raise ValueError(f'parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}')
-    if self.loss not in ALL_LOSSES:
-      raise ValueError(f'loss must be one of {ALL_LOSSES}, got {self.loss!r}')
-    if (self.loss == 'samples') != (self.sampling is not None):
-      raise ValueError('sampling is given exactly when loss is samples')
 
 
 def init_params(key, parametrization: str, width: int, dim: int, scale: float, dtype=jnp.float32):
@@ -109,13 +88,42 @@ def regularizer(params, mask: jax.Array) -> jax.Array:
   return 0.5 * jnp.sum(mask * per_comp)
 
 
-def objective(params, signs, mask, target: tensors.Target, spec: Spec, samples=None):
-  """Returns (L(W), data loss). mask (m,) in {0, 1} switches components off (padding).
+def objective(params, signs, mask, target: tensors.Target, order: int, parametrization: str, loss: str, reg,
+              samples=None):
+  """Returns (L(W), data loss): L(W) = data loss + reg/2 ||W||^2 over the real components.
+
+  mask (m,) in {0, 1} switches components off (padding). reg may be traced (a number or a 0-d array).
   samples: the batch of loss = 'samples' (network.Samples), else None."""
-  coeffs, factors = canonical(params, spec.parametrization, signs)
-  dl = data_loss(coeffs * mask, factors, target, spec.order, spec.loss, samples)
-  total = dl + spec.reg * regularizer(params, mask) if spec.reg else dl
-  return total, dl
+  coeffs, factors = canonical(params, parametrization, signs)
+  dl = data_loss(coeffs * mask, factors, target, order, loss, samples)
+  return dl + reg * regularizer(params, mask), dl
+
+
+def dense_target(target: tensors.Target, order: int) -> jax.Array:
+  """T* as a dense (d,)*l array (its `dense` part when it has one)."""
+  if target.dense is not None:
+    return target.dense
+  return tensors.dense_cp(target.coeffs, target.factors, order)
+
+
+def rel_error(coeffs, factors, target: tensors.Target, order: int, dense_limit: int = 1 << 22) -> jax.Array:
+  """||T(coeffs, factors) - T*||_F / ||T*||_F in the inputs' dtype, jittable and differentiable.
+
+  coeffs (m,), factors (m, d); target a tensors.Target. Uses the dense residual (accurate to the
+  dtype's rounding) when T* is dense or d^l <= dense_limit, else the implicit Gram form
+  ||T||^2 - 2 <T, T*> + ||T*||^2, whose cancellation floor is ~sqrt(machine eps) (~3e-4 in float32,
+  ~1e-8 in float64) relative to ||T*||.
+  """
+  chex.assert_rank([coeffs, factors], [1, 2])
+  d = factors.shape[1]
+  if target.dense is not None or d ** order <= dense_limit:
+    t_star = dense_target(target, order).astype(factors.dtype)
+    r = tensors.dense_cp(coeffs, factors, order) - t_star
+    return jnp.sqrt(jnp.sum(r * r) / jnp.sum(t_star * t_star))
+  cs, a = target.coeffs.astype(factors.dtype), target.factors.astype(factors.dtype)
+  star = tensors.cp_self_inner(cs, a, order)
+  sq = tensors.cp_self_inner(coeffs, factors, order) - 2.0 * tensors.cp_inner(coeffs, factors, cs, a, order) + star
+  return jnp.sqrt(jnp.maximum(sq, 0.0) / star)
 
 
 def rel_error_f64(coeffs, factors, target: tensors.Target, order: int, dense_limit: int = 1 << 24) -> float:
@@ -131,8 +139,8 @@ def rel_error_f64(coeffs, factors, target: tensors.Target, order: int, dense_lim
     if target.dense is not None:
       t_star = np.asarray(target.dense, np.float64)
     else:
-      t_star = _np_dense(np.asarray(target.coeffs, np.float64), np.asarray(target.factors, np.float64), order)
-    t = _np_dense(c, v, order)
+      t_star = np_dense(np.asarray(target.coeffs, np.float64), np.asarray(target.factors, np.float64), order)
+    t = np_dense(c, v, order)
     return float(np.linalg.norm(t - t_star) / np.linalg.norm(t_star))
   cs = np.asarray(target.coeffs, np.float64)
   a = np.asarray(target.factors, np.float64)
@@ -141,7 +149,7 @@ def rel_error_f64(coeffs, factors, target: tensors.Target, order: int, dense_lim
   return float(np.sqrt(max(sq, 0.0) / star))
 
 
-def _np_dense(c, v, order):
+def np_dense(c, v, order):
   m, d = v.shape
   kr = v
   for _ in range(order - 2):

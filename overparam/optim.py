@@ -80,13 +80,15 @@ def as_items(d) -> Tuple[Tuple[str, object], ...]:
   """A dict-like (ConfigDict, dict) -> sorted hashable ((name, value), ...)."""
   if not d:
     return ()
+  if isinstance(d, tuple):  # already items
+    return tuple(sorted((k, _hashable(v)) for k, v in d))
   d = d.to_dict() if hasattr(d, 'to_dict') else dict(d)
   return tuple(sorted((k, _hashable(v)) for k, v in d.items()))
 
 
-def check(name: str, kwargs, schedule: str, schedule_kwargs, steps: int = 1, prefix: str = 'config.'):
+def check(name: str, kwargs, schedule: str, schedule_kwargs, steps=1, prefix: str = 'config.'):
   """Raises ConfigError for an optimizer/schedule name or argument that optax does not have, or a
-  schedule optax refuses for `steps` steps (e.g. warmup_steps >= steps)."""
+  schedule optax refuses for `steps` steps (e.g. warmup_steps >= steps; skipped when steps is None)."""
   names = optimizer_names()
   if name not in names:
     raise ConfigError(f'{prefix}optimizer must be an optax optimizer taking a learning rate, one of '
@@ -115,6 +117,8 @@ def check(name: str, kwargs, schedule: str, schedule_kwargs, steps: int = 1, pre
   if missing:
     raise ConfigError(f'{prefix}schedule_kwargs.{missing[0]} is required by the {schedule} schedule '
                       f'(optax.{s.fn.__name__})')
+  if steps is None:
+    return
   try:
     schedule_fn(schedule, 1.0, steps, schedule_kwargs)
   except (ValueError, TypeError) as e:
@@ -148,9 +152,13 @@ class Optimizer:
     return getattr(optax, self.name)(schedule_fn(self.schedule, lr, steps, self.schedule_kwargs), **kw)
 
 
-def from_config(c) -> Optimizer:
-  return Optimizer(name=c.optimizer, kwargs=as_items(c.get('optimizer_kwargs')),
-                   schedule=c.get('schedule', 'constant'), schedule_kwargs=as_items(c.get('schedule_kwargs')))
+def optimizer(name='sgd', kwargs=None, schedule='constant', schedule_kwargs=None, steps=None,
+              prefix='') -> Optimizer:
+  """A checked Optimizer from an optax alias name, its other arguments (a dict), a schedule name and
+  its arguments. steps: the step budget, when known, for the schedule checks that need it. ConfigError
+  naming `{prefix}optimizer...` for anything optax does not have."""
+  check(name, kwargs, schedule, schedule_kwargs, steps, prefix=prefix)
+  return Optimizer(name=name, kwargs=as_items(kwargs), schedule=schedule, schedule_kwargs=as_items(schedule_kwargs))
 
 
 def as_optimizer(x) -> Optimizer:

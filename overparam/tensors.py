@@ -5,6 +5,7 @@ Inner products never need the dense (d,)*l array: <u^{(x)l}, w^{(x)l}> = (u . w)
 <T(c, V), T(c', V')> = c^T (V V'^T)^{.l} c'.
 """
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -38,6 +39,23 @@ class Target(NamedTuple):
   def factored(self) -> bool:
     """True when T* is exactly sum_j coeffs_j factors_j^{(x)l} (the implicit loss applies)."""
     return self.dense is None and self.factors is not None
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class CPTensor:
+  """A symmetric CP tensor T = sum_j coeffs_j factors_j^{(x)order}, never formed densely: a target of
+  overparam.fit (trained with the implicit loss) and the form of a Decomposition.
+
+  coeffs (r,), factors (r, d): pytree leaves (stack them to vmap over targets); order: static.
+  """
+  coeffs: jax.Array
+  factors: jax.Array
+  order: int = dataclasses.field(metadata=dict(static=True))
+
+  def dense(self) -> jax.Array:
+    """The (d,)*order array (O(r d^order))."""
+    return dense_cp(self.coeffs, self.factors, self.order)
 
 
 def _khatri_rao_power(factors: jax.Array, k: int) -> jax.Array:

@@ -1,10 +1,12 @@
-"""Seeds x widths in one compiled program, sharded over every device, run in checkpointed chunks.
+"""The run engine: many runs in one compiled program, sharded over every device, in checkpointed chunks.
 
-A program is one (algorithm, order, d, width bucket): all its runs are stacked on a leading run
-axis, vmapped, and scanned. Widths inside a bucket are padded to the bucket width B with a
-component mask, so a width-m run computes what an unpadded width-m run computes. The run axis is
-padded to a multiple of the device count and sharded with NamedSharding over a 1-d mesh; in a
-multi-process job the mesh spans every process's devices and each process feeds its own shards.
+A program is one (algorithm structure, task, d, width bucket): all its runs are stacked on a leading
+run axis and vmapped, the algorithm's hyperparameter leaves too (so the runs of a hyperparameter axis
+share the program), and its `step` is scanned: the same core.Algorithm calls overparam.fit makes.
+Widths inside a bucket are padded to the bucket width B with a component mask, so a width-m run
+computes what an unpadded width-m run computes. The run axis is padded to a multiple of the device
+count and sharded with NamedSharding over a 1-d mesh; in a multi-process job the mesh spans every
+process's devices and each process feeds its own shards.
 
 The host drives the scan in chunks of `chunk_steps` steps: between chunks it logs progress with an
 ETA, stops when every run has finished, and checkpoints the state atomically so a pre-empted job
@@ -24,22 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from overparam import algorithms, results
-
-
-def bucket_widths(widths: Sequence[int]) -> List[List[int]]:
-  """Groups widths so each bucket's largest width is <= 2x its smallest (padding wastes <= 2x).
-
-  Greedy from the top: the largest remaining width W opens a bucket of every width >= W/2,
-  which gives the fewest buckets (hence compiles) under that constraint.
-  """
-  rest = sorted(set(int(w) for w in widths), reverse=True)
-  out = []
-  while rest:
-    top = rest[0]
-    out.append(sorted(w for w in rest if 2 * w >= top))
-    rest = [w for w in rest if 2 * w < top]
-  return out[::-1]
+from overparam import core, results
 
 
 def run_mesh() -> Mesh:
@@ -80,41 +67,47 @@ class Compiled(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(alg, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
-  """(init, chunk, finish) jitted and vmapped over runs; cached per algorithm.
+def compiled(treedef, task: core.Task, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
+  """(init, chunk, finish) jitted and vmapped over runs, for algorithm values of pytree structure
+  `treedef` (their leaves batched on the run axis); cached per structure and task.
 
-  chunk(state, data) -> (state, trace): `chunk_steps` steps; with trace_every > 0 (a divisor of
-  chunk_steps) it also returns alg.trace(state, data) after every trace_every steps, stacked on
-  axis 1, else an empty dict. finish(state, data) -> (exported, dense, extras): the algorithm's
-  export, dense_model and extras (algorithms.Algorithm; their defaults return None / {}, which the
-  engine passes on as None / {}) in ONE program, so a bucket compiles three executables, not five
+  init(alg, data) -> state. chunk(alg, state, data) -> (state, trace): `chunk_steps` steps; with
+  trace_every > 0 (a divisor of chunk_steps) it also returns alg.trace after every trace_every steps,
+  stacked on axis 1, else an empty dict. finish(alg, state, data) -> (exported, dense, extras): the
+  algorithm's export, dense_model and extras in ONE program, so a bucket compiles three executables
   (each is a pure function of the final state: fusing them changes no number, tests/test_cache.py).
   """
+  del treedef  # the cache key: jit itself retraces per structure; the key keeps one entry per program kind
 
-  def steps(state, data, n):
-    body = lambda s, _: (alg.step(s, data), None)
+  def steps(alg, state, data, n):
+    body = lambda s, _: (alg.step(task, s, data), None)
     return jax.lax.scan(body, state, None, length=n)[0]
 
-  def one_chunk(state, data):
+  def one_chunk(alg, state, data):
     if not trace_every:
-      return steps(state, data, chunk_steps), {}
+      return steps(alg, state, data, chunk_steps), {}
     def block(s, _):
-      s = steps(s, data, trace_every)
-      return s, alg.trace(s, data)
+      s = steps(alg, s, data, trace_every)
+      return s, alg.trace(task, s, data)
     return jax.lax.scan(block, state, None, length=chunk_steps // trace_every)
 
-  init = jax.jit(jax.vmap(alg.init), out_shardings=sharding)
-  chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=0)
+  def finish(alg, state, data):
+    return alg.export(task, state, data), alg.dense_model(task, state, data), alg.extras(task, state, data) or {}
 
-  def finish(state, data):
-    return alg.export(state, data), alg.dense_model(state, data), alg.extras(state, data) or {}
-
+  init = jax.jit(jax.vmap(lambda alg, data: alg.init(task, data)), out_shardings=sharding)
+  chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=1)
   return Compiled(init, chunk, jax.jit(jax.vmap(finish)))
 
 
-def fingerprint(alg, cells, n_total: int) -> str:
-  blob = json.dumps([repr(alg), [list(c) for c in cells], n_total, jax.device_count()])
-  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def fingerprint(alg, task: core.Task, cells, n_total: int) -> str:
+  """Identity of one program's computation: the algorithm's structure and (per run) leaves, the task,
+  the cells and the device count."""
+  leaves, treedef = jax.tree.flatten(alg)
+  h = hashlib.sha256(json.dumps([str(treedef), repr(task), [list(c) for c in cells], n_total,
+                                 jax.device_count()]).encode())
+  for x in leaves:
+    h.update(np.ascontiguousarray(x).tobytes())
+  return h.hexdigest()[:16]
 
 
 def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str):
@@ -159,17 +152,18 @@ class Outcome(NamedTuple):
   trace: Dict = {}  # name -> (n, T, ...) values of alg.trace after every trace_every steps
 
 
-def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: int,
+def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
-                on_chunk: Optional[Callable[[int], None]] = None, init_state=None):
+                on_chunk: Optional[Callable[[int], None]] = None, init_state=None, log=logging.info):
   """Runs every cell of one program to completion.
 
-  data: host RunData with leading axis len(cells). trace_every > 0 records alg.trace every
-  that many steps (it must divide chunk_steps). init_state: a host RunState (leading axis len(cells))
-  to continue from instead of alg.init (no checkpoint is then read or written). With a checkpoint
-  path, the final state is checkpointed before returning, so that a kill while the caller finishes
-  the program (rows, params) resumes from here. Returns an Outcome.
+  alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
+  RunData with leading axis len(cells). trace_every > 0 records alg.trace every that many steps (it
+  must divide chunk_steps). init_state: a host RunState (leading axis len(cells)) to continue from
+  instead of alg.init (no checkpoint is then read or written). With a checkpoint path, the final
+  state is checkpointed before returning, so that a kill while the caller finishes the program (rows,
+  params) resumes from here. log: the progress logger (per chunk). Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
@@ -177,41 +171,45 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
   n_total = padded_runs(n, mesh.size)
   if trace_every and chunk_steps % trace_every:
     raise ValueError(f'trace_every={trace_every} must divide chunk_steps={chunk_steps}')
-  init_fn, chunk_fn, finish_fn = compiled(alg, chunk_steps, sharding, trace_every)
+  init_fn, chunk_fn, finish_fn = compiled(jax.tree.structure(alg), task, chunk_steps, sharding, trace_every)
+  galg = to_global(pad_runs(alg, n_total), sharding)
   gdata = to_global(pad_runs(data, n_total), sharding)
   t0 = time.time()
   if init_state is not None:
     state, checkpoint_path = to_global(pad_runs(init_state, n_total), sharding), None
   else:
-    state = init_fn(gdata)
-  n_chunks = -(-alg.steps // chunk_steps)
+    state = init_fn(galg, gdata)
+  n_chunks = -(-task.steps // chunk_steps)
   start = 0
-  fp = fingerprint(alg, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
+  fp = fingerprint(alg, task, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
   traces = []  # host trace of each chunk so far, each name -> (n_total, T_chunk, ...)
   if checkpoint_path:
     got = _load_checkpoint(checkpoint_path, to_host(state), fp)
     if got is not None:
       state, start = to_global(got[0], sharding), got[2]
       traces = [got[1]] if got[1] else []
-      logging.info('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
+      log('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
   joined = lambda: {k: np.concatenate([t[k] for t in traces], axis=1) for k in (traces[0] if traces else {})}
   last_ckpt = time.time()
-  ran = False
+  ran = init_state is None and start == 0  # computed here (by init at least): checkpoint the final state
+  status, steps = to_host((state.status, state.step))
   for k in range(start, n_chunks):
+    if not ((status[:n] == core.RUNNING) & (steps[:n] < task.steps)).any():
+      break  # every run is finished (a closed-form solver finishes in init)
     ran = True
-    state, tr = chunk_fn(state, gdata)
+    state, tr = chunk_fn(galg, state, gdata)
     if trace_every:
       traces.append(to_host(tr))
     if on_chunk is not None:
       on_chunk(k)
     status, steps = to_host((state.status, state.step))
-    live = (status[:n] == algorithms.RUNNING) & (steps[:n] < alg.steps)
+    live = (status[:n] == core.RUNNING) & (steps[:n] < task.steps)
     done = k + 1
     elapsed = time.time() - t0
     eta = elapsed / max(done - start, 1) * (n_chunks - done)
-    logging.info('%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, ETA %.1fs',
-                 label, done, n_chunks, min(done * chunk_steps, alg.steps), alg.steps,
-                 int(live.sum()), n, elapsed, eta if live.any() else 0.0)
+    log('%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, ETA %.1fs',
+        label, done, n_chunks, min(done * chunk_steps, task.steps), task.steps,
+        int(live.sum()), n, elapsed, eta if live.any() else 0.0)
     if not live.any():
       break
     if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:
@@ -219,7 +217,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
       if is_writer:
         _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
       last_ckpt = time.time()
-  exported, dense, extras = to_host(finish_fn(state, gdata))
+  exported, dense, extras = to_host(finish_fn(galg, state, gdata))
   host_state = to_host(state)
   if checkpoint_path and ran and is_writer:  # chunks_done = n_chunks: a resume goes straight to finishing
     _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp)

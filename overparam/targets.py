@@ -1,0 +1,121 @@
+"""The targets of a sweep: T* per (common cell-axis values, d, seed) from the config, checked.
+
+Seed s has keys fold_in(PRNGKey(s), i): 0 the target, 1 the init, 2 the re-initializations (fit derives
+1 and 2 from its key the same way), 3 the samples (network.sample_key).
+"""
+
+import math
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from overparam import config_lib, tensors
+
+# Algorithms whose spec is scale_free fit T* / ||T*|| (their numbers do not depend on the scale of
+# T*): the host divides their target by a power of two near ||T*|| (exact in floating point) when
+# ||T*|| is outside SAFE_SCALE, so any finite non-zero target trains alike; rows and params are in the
+# target's units.
+SAFE_SCALE = (2.0 ** -20, 2.0 ** 20)
+
+
+def seed_keys(seed: int):
+  """(target, init, reinit) keys of one seed, each derived from PRNGKey(seed) by fold_in."""
+  key = jax.random.PRNGKey(seed)
+  return tuple(jax.random.fold_in(key, i) for i in range(3))
+
+
+def load_file(c):
+  """The validated target file of config.target.path: a dense array (.npy) or (coeffs, factors)
+  (.npz), or None when target.kind is not file."""
+  if c.target.kind != 'file':
+    return None
+  if tensors.is_cp_file(c.target.path):
+    return tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
+  return tensors.load_target_file(c.target.path, c.order, c.dims)
+
+
+def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:
+  """T* of one seed (host numpy arrays in the run dtype). file_array: load_file(c)."""
+  cp = file_array if isinstance(file_array, tuple) else None
+  t = tensors.make_target(seed_keys(seed)[0], c.target.kind, c.order, dim, c.rank,
+                          weights=tuple(c.target.weights), coherence=c.target.coherence,
+                          noise=c.target.noise, dense=None if cp else file_array, cp=cp,
+                          dtype=config_lib.dtype_of(c))
+  return jax.tree.map(np.asarray, t)
+
+
+def target_sq_f64(t: tensors.Target, order: int) -> float:
+  """||T*||_F^2 on the host in float64."""
+  if t.dense is not None:
+    return float(np.sum(np.asarray(t.dense, np.float64) ** 2))
+  c, a = np.asarray(t.coeffs, np.float64), np.asarray(t.factors, np.float64)
+  return float(c @ (a @ a.T) ** order @ c)
+
+
+def check_target(c, t: tensors.Target, dim: int, seed: int, scale_free: bool):
+  """TargetError naming the target when T* is zero (all weights 0, an all-zero file, components that
+  cancel) or, for an algorithm that is not scale-free, when ||T*||^2 is not representable in the run
+  dtype."""
+  sq = target_sq_f64(t, c.order)
+  where = (f'config.target.path {c.target.path!r}' if c.target.kind == 'file'
+           else f'config.target (kind {c.target.kind}, weights {tuple(c.target.weights) or "all 1"})')
+  if t.dense is not None:
+    size = float(np.sum(np.asarray(t.dense, np.float64) ** 2))
+  else:
+    size = float(np.sum(np.abs(np.asarray(t.coeffs, np.float64)) * np.linalg.norm(
+        np.asarray(t.factors, np.float64), axis=1) ** c.order)) ** 2
+  if not np.isfinite(sq) or sq <= 1e-24 * size or sq == 0.0:
+    raise tensors.TargetError(f'{where}: T* is zero (d={dim}, seed {seed}); a decomposition of the zero tensor '
+                              'is undefined')
+  fi = np.finfo(np.dtype(config_lib.dtype_of(c)))
+  if not scale_free and not (float(fi.tiny) * 1e4 < sq < float(fi.max) / 1e4):
+    raise tensors.TargetError(f'{where}: ||T*||^2 = {sq:.3g} is outside the range of {fi.dtype} (d={dim}, '
+                              f'seed {seed}); rescale the target or set config.x64=True')
+
+
+def target_scale(t: tensors.Target, order: int) -> float:
+  """The power of two the host divides a scale-free algorithm's target by (1.0 for ordinary targets)."""
+  norm = float(np.sqrt(target_sq_f64(t, order)))
+  if SAFE_SCALE[0] <= norm <= SAFE_SCALE[1]:
+    return 1.0
+  return float(2.0 ** round(math.log2(norm)))
+
+
+def scaled_target(t: tensors.Target, s: float) -> tensors.Target:
+  """T* / s for a power of two s (exact), in T*'s dtype."""
+  if s == 1.0:
+    return t
+  div = lambda x: None if x is None else (np.asarray(x, np.float64) / s).astype(np.asarray(x).dtype)
+  return t._replace(coeffs=div(t.coeffs), dense=div(t.dense))
+
+
+def key_of(common: Dict) -> tuple:
+  """A hashable key of the common axis values of one target set."""
+  return tuple(sorted(common.items()))
+
+
+def build_all(c, seeds, scale_free: bool, log=None) -> Dict[tuple, Dict[int, tensors.Target]]:
+  """{(key_of(common values), d): {seed: T*}} for every common cell-axis value and d, each checked."""
+  file_array = load_file(c)
+  out = {}
+  for cc, common in config_lib.common_configs(c):
+    for dim in c.dims:
+      out[(key_of(common), dim)] = {s: make_target(cc, dim, s, file_array) for s in seeds}
+      for s, t in out[(key_of(common), dim)].items():
+        check_target(cc, t, dim, s, scale_free=scale_free)
+  return out
+
+
+def dense_of(t: tensors.Target, order: int) -> tensors.Target:
+  """t with its dense (d,)*l array (built once, on the host's JAX)."""
+  if t.dense is not None:
+    return t
+  return t._replace(dense=np.asarray(tensors.dense_cp(jnp.asarray(t.coeffs), jnp.asarray(t.factors), order)))
+
+
+def sq_norm(t: tensors.Target, order: int, dtype) -> np.ndarray:
+  """||T*||^2 in the run dtype, computed by the library's own function (as overparam.fit does)."""
+  return np.asarray(tensors.target_sq_norm(jax.tree.map(jnp.asarray, t), order), dtype)
+
