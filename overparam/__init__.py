@@ -21,7 +21,7 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from overparam.algorithms import beyond_lazy, gd, lazy, lazy_exact  # noqa: E402
 from overparam.core import STATUS_NAMES  # noqa: E402
-from overparam.fit import FitResult, fit  # noqa: E402
+from overparam.fitting import FitResult, fit  # noqa: E402
 from overparam.model import cp_form, dense, init_params, loss, rel_error  # noqa: E402
 from overparam.tensors import CPTensor  # noqa: E402
 

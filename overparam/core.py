@@ -78,8 +78,9 @@ class Task:
   order: l >= 2. loss: 'dense' (O(m d^l) per step), 'implicit' (O(m^2 d + m r d); needs a factored
   target) or 'samples' (the network's empirical loss; `sampling` describes the data). steps: the step
   budget. plateau: None, or (window, rel_tol): stop when the in-loop rel_error has not fallen below
-  (1 - rel_tol) times its value of `window` steps of no such progress ago (the noise floor of a
-  noisy target; status `plateau`).
+  (1 - rel_tol) times its best value for max(window, s) steps, s the step of that best value: the
+  patience doubles the run at least, so slow phases (saddles, deflation) are not taken for the noise
+  floor of a noisy target (status `plateau`).
   """
   order: int
   loss: str = 'implicit'
@@ -237,7 +238,8 @@ def guarded_update(task: Task, state: RunState, loss_and_aux, grads, opt, data: 
     better = running & finite & (rel < best * (1.0 - tol))
     best = jnp.where(better, rel, best)
     best_step = jnp.where(better, state.step, best_step)
-    plateau = running & finite & ~converged & (state.step - best_step >= window)
+    # patience grows with the run: no progress in max(window, steps it took to the last progress) steps
+    plateau = running & finite & ~converged & (state.step - best_step >= jnp.maximum(window, best_step))
   update = running & finite & ~converged & ~plateau & (state.step < task.steps)
   updates, new_opt = opt.update(grads, state.opt_state, state.params)
   new_params = optax.apply_updates(state.params, updates)

@@ -188,7 +188,10 @@ def test_x64_is_switched_on_when_asked(tmp_path):
 
 
 def test_import_is_light():
-  """`import overparam` imports neither jax nor the engine; the API loads on first use."""
-  code = 'import sys, overparam; assert "jax" not in sys.modules, "jax"; overparam.decompose; print("ok")'
+  """`import overparam` loads the functional core (jax, optax) but neither matplotlib nor the workdir
+  engine; run() loads them on first use."""
+  code = ('import sys, overparam; heavy = [m for m in ("matplotlib", "overparam.engine", "overparam.experiments") '
+          'if m in sys.modules]; assert not heavy, heavy; overparam.run; '
+          'assert "overparam.experiments" in sys.modules; print("ok")')
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]

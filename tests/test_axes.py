@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from overparam import analysis, config_lib, experiments, memory, results
+from overparam import analysis, config_lib, experiments, planner, results
 from overparam.errors import ConfigError
 from tests.support import load_rows
 
@@ -103,7 +103,7 @@ def test_alphas_and_alpha_axis_give_identical_rows(tmp_path):
     (('steps=10,20',), 'config.steps cannot be a cell axis'),
     (('lr=0.1,abc',), 'must be numbers'),
     (('lr=0.1,0.1',), 'duplicate'),
-    (('lr=0.1,-1.0',), 'config.lr must be > 0'),
+    (('lr=0.1,-1.0',), 'config.lr must be a finite number > 0'),
     (('rank=1.5,2',), 'config.axes: rank=1.5'),
     (('lazy.lr_scale=0.5,1.0',), 'no algorithm in config.algorithms uses lazy.lr_scale'),
     (('alpha=1.0,2.0',), 'no algorithm in config.algorithms uses alpha'),
@@ -123,12 +123,15 @@ def test_memory_check_accounts_for_axes():
   """Each axis value is its own program, checked with its own config: a rank axis's largest rank
   sets the implicit loss's peak."""
   c = tiny(algorithms=('gd',), rank=1, axes=('rank=1,2',))
-  big = memory.program_bytes('gd', config_lib.with_values(c, {'rank': 2}), 4, 3, 2, runs=4)
+  progs = planner.plan(c)
+  assert [p.configs[0].rank for p in progs] == [1, 2]  # a common axis: separate target sets
+  big = planner.program_bytes(progs[1], 4, 8)
+  assert big > planner.program_bytes(progs[0], 4, 8)
   c.memory_gb = 0.999 * big / 2 ** 30
   with pytest.raises(ConfigError, match='the gd program for d=4'):
-    memory.check(c)
+    planner.check_memory(c, progs)
   c.memory_gb = big / 2 ** 30
-  memory.check(c)
+  planner.check_memory(c, progs)
 
 
 def test_cell_id_distinguishes_axis_values():

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from overparam import analysis, config_lib, experiments, results
+from overparam import analysis, config_lib, experiments, registry, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +44,7 @@ def default_workdir(tmp_path_factory):
 @pytest.mark.slow
 def test_shrunken_default_writes_the_whole_contract(default_workdir):
   c, wd, summary = default_workdir
-  assert set(c.algorithms) == set(config_lib.ALGORITHMS)
+  assert set(c.algorithms) == set(registry.names())
   with open(os.path.join(wd, 'config.json')) as f:
     assert json.load(f)['algorithms'] == list(c.algorithms)
   rows = results.Workdir(wd).load_results()

@@ -150,11 +150,14 @@ def test_memory_refusal_names_the_program_and_what_to_reduce(tmp_path, algorithm
 
 def test_memory_estimate_grows_with_the_problem():
   c = tiny_config()
-  small = memory.program_bytes('gd', c, 6, 4, 2, runs=1)
-  assert memory.program_bytes('gd', c, 60, 4, 2, runs=1) > small
-  assert memory.program_bytes('gd', c, 6, 4, 2, runs=8) == 8 * small
+  spec, alg = registry.get('gd'), config_lib.algorithm_of(c, 'gd')
+  task = config_lib.task_of(c)
+  small = memory.program_bytes(spec, alg, task, 6, 4, 2, 1, 4)
+  assert memory.program_bytes(spec, alg, task, 60, 4, 2, 1, 4) > small
+  assert memory.program_bytes(spec, alg, task, 6, 4, 2, 8, 4) == 8 * small
   c.loss = 'dense'
-  assert memory.program_bytes('gd', c, 20, 4, 2, runs=1) > 3 * 4 * 20 ** 3  # three d^l tensors at least
+  task = config_lib.task_of(c)
+  assert memory.program_bytes(spec, alg, task, 20, 4, 2, 1, 4) > 3 * 4 * 20 ** 3  # three d^l tensors at least
 
 
 # ---- issue 11: values that mean nothing, zero and extreme targets, status against numbers ---------

@@ -338,7 +338,7 @@ def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):
 
 def test_long_phases_are_logged(finished):
   err = finished[1]
-  for phase in ('building targets', 'building run data', 'finishing', 'drawing figures'):
+  for phase in ('building targets', 'finishing', 'drawing figures'):
     assert phase in err, phase
 
 

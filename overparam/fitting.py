@@ -1,4 +1,4 @@
-"""`overparam.fit`: one run of an algorithm on one target, as a pure function.
+"""`overparam.fit` (this module: fitting): one run of an algorithm on one target, as a pure function.
 
     res = overparam.fit(overparam.beyond_lazy(), jax.random.PRNGKey(0), t, width=6)
     res.coeffs, res.factors, res.rel_error, res.status, res.steps
@@ -32,7 +32,7 @@ from overparam import core, inputs, memory, objectives, tensors
 from overparam.errors import ConfigError
 
 # The plateau rule of eps=None: stop when the in-loop rel_error has not improved by 0.1% (relative)
-# for `window` steps.
+# for max(200, s) steps, s the step of its last such improvement (core.Task).
 PLATEAU = (200, 1e-3)
 
 
@@ -126,8 +126,8 @@ def fit(algorithm: core.Algorithm, key, target, *, width: int, steps: int = core
   width: m >= 1 (static). steps: the step budget (static; default 2000).
   eps: the run stops at rel_error < eps and is `converged` iff its final rel_error < eps (default 0.05;
     a number in (0, 1), may be traced). None: train to the noise floor, stopping when rel_error has not
-    improved by `plateau`[1] (relative) for `plateau`[0] steps (default fit.PLATEAU = (200, 1e-3));
-    status `plateau`.
+    improved by `plateau`[1] (relative) for max(`plateau`[0], s) steps, s the step of its last such
+    improvement (default fitting.PLATEAU = (200, 1e-3)); status `plateau`.
 
   Raises (before anything is compiled) errors.ArgumentError / TargetError naming the argument: an
   algorithm that is not one, width < 1, steps < 0, eps outside (0, 1), a target that is not a finite
@@ -180,4 +180,4 @@ def check_memory(compiled, width: int, limit: int = 0):
   limit = limit or memory.available_bytes()
   if need > limit:
     raise ConfigError(f'width={width}: the program needs about {need / 2 ** 30:.3g} GiB > {limit / 2 ** 30:.3g} GiB '
-                      'available; use a smaller width (or a CP target: its loss never forms d^l arrays)')
+                      'available (XLA\'s accounting of the compiled run); use a smaller width')
