@@ -413,7 +413,7 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
               'falling like 1/m above it' if lazy_orders else ''))
   fig.suptitle(f'{title}order {order}\n{sub}', fontsize=9.5)
   _legend_below(fig, handles, ncols=min(len(handles), 3 if eps is not None else 4), fontsize=8)
-  _save(fig, path)
+  _save(fig, path, dpi=90)  # six panels: 90 dpi keeps the PNG well under the docs limit (200 KB)
   return fig
 
 
@@ -979,7 +979,7 @@ def sample_error_vs_n(rows: Sequence[Dict], eps: float, path: str, key: str = 'r
   band = '' if gap else ', band: min..max'
   fig.suptitle(f'{what}\nline: median over {n} seeds{band}{_clip_note(floor, clipped, chr(10))}', fontsize=10)
   _legend_below(fig, handles, ncols=4)
-  _save(fig, path)
+  _save(fig, path, dpi=90)
   return fig
 
 
