@@ -340,7 +340,7 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
   dims = sorted(set(data) | set(okd))
   algs = sorted({a for d in dims for a in list(data[d]) + list(okd[d])})
   style = {a: (f'C{i % 10}', MARKERS[i % len(MARKERS)]) for i, a in enumerate(algs)}
-  ncol = min(len(dims), 3)
+  ncol = max(1, min(len(dims), 3))
   nrow = max(1, math.ceil(len(dims) / ncol))
   if eps is not None:
     fig, axes = _figure(2 * nrow, ncol, figsize=(max(7.5, 4.0 * ncol), 4.0 * nrow + 1.4), sharex=True,
@@ -396,6 +396,8 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
     mains[j // ncol][j % ncol].set_visible(False)
     if strips is not None:
       strips[j // ncol][j % ncol].set_visible(False)
+  if not dims:
+    fig.text(0.5, 0.5, f'no run has a value of {key}', ha='center')
   order = ', '.join(map(str, sorted({r['order'] for r in kept})))
   n = _seed_count(kept)
   handles = [Line2D([], [], color=style[a][0], marker=style[a][1], ms=4, label=a) for a in algs]
@@ -448,7 +450,7 @@ def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
     if miss:
       ax.plot(miss, [top] * len(miss), ls='none', marker='^', mfc='none', color=color)
       handles.append(Line2D([], [], color=color, marker='^', mfc='none', ls='none',
-                            label=f'{arm}: no width up to {top} reached eps (m* > {top})'))
+                            label=f'{arm}: no width up to {top} reached eps (m* > {top}; open triangle)'))
   pts = sorted((t['dim'], t['rank_m_star']) for t in rank_ths if t['rank_m_star'] is not None)
   if pts:
     ax.plot(*zip(*pts), ls='none', marker='s', ms=4, color='k')
@@ -672,7 +674,11 @@ def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
     ax.axvline(1.0, color='gray', lw=0.8, ls=':')
     ax.axhline(0.5, color='gray', lw=0.8, ls='--')
     ax.set_xscale('log', base=2)
-    _data_ticks(ax.xaxis, ratios)
+    ax.set_xlim(min(ratios) / 1.15, max(ratios) * 1.15)
+    pow2 = [2.0 ** k for k in range(math.floor(math.log2(min(ratios))), math.ceil(math.log2(max(ratios))) + 1)]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(pow2))  # m / r = 1/2, 1, 2, 4, 8
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _frac(v)))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel('over-parameterization m / r')
     ax.set_title(_series_label(alg, alpha, '', rows), fontsize=10)
@@ -735,7 +741,7 @@ def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
           ax.axhline(np.median(lv), ls=ls, color=color, lw=1)
           vals[key].append(np.median(lv))
           handles.append(Line2D([], [], ls=ls, color=color, lw=1,
-                                label=f'{alg}: the alpha → ∞ limit (lazy optimum at this width; left panel)'))
+                                label=f'{alg} at this width: the alpha → ∞ limit (left panel)'))
   diverged = sorted({r['alpha'] for r in rows if registry.flag(r['algorithm'], 'alpha_scaled')
                      and r.get('alpha') is not None and r['rel_error'] is None})
   if diverged:  # no number to plot: mark where they are, on the top edge

@@ -283,3 +283,17 @@ def test_draw_all_writes_through_one_save(tmp_path, monkeypatch):
   for p in paths:
     with open(p, 'rb') as f:
       assert f.read(8) == PNG
+
+
+def test_degenerate_rows_still_draw(tmp_path):
+  """Every run diverged (no rel_error, no movement), one seed, a single width per arm: every figure is
+  still drawn, with no text outside it."""
+  rows = []
+  for d in (6, 8):
+    for alg, w in (('gd', 3), ('lazy_exact', 10)):
+      rows.append({'algorithm': alg, 'order': 3, 'dim': d, 'rank': 3, 'width': w, 'seed': 0, 'alpha': None,
+                   'rel_error': None, 'movement': None, 'status': 'diverged', 'linearization_gap': None})
+  paths = plots.draw_all(rows, EPS, str(tmp_path))
+  assert 'm_star_vs_dim.png' in {os.path.basename(p) for p in paths}
+  p = str(tmp_path / 'again.png')
+  check_figure(plots.m_star_vs_dim(rows, EPS, p), p)
