@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 import numpy as np
 import pytest
 
+from overparam import algorithms  # noqa: F401 - the built-in algorithms and their flags (lazy, alpha_scaled)
 from overparam import analysis, plots
 
 EPS = 0.05
