@@ -6,8 +6,9 @@ r"""Regenerates the figures of docs/RESULTS.md from finished workdirs, and print
 Each workdir is the output of `python launch.py --config=configs/NAME.py --workdir=DIR` (the
 commands are in docs/RESULTS.md). Figures are redrawn from the workdir's results.jsonl exactly as
 `launch.py --workdir=DIR --plot_only` does (nothing is recomputed), then copied to docs/figures/ under
-the names RESULTS.md uses; a copy over 200 KB is an error. With --default, prints the markdown tables
-of m* per (algorithm, d), the per-seed threshold spread and the fitted exponents.
+the names RESULTS.md uses; a figure over 200 KB is an error and is not copied. With --default,
+prints the markdown tables of m* per (algorithm, d), the per-seed threshold spread and the fitted
+exponents.
 """
 
 import argparse
@@ -35,6 +36,12 @@ FIGURES = {
     'lazy_threshold_l4': [('lazy_threshold_l4.png', 'lazy_threshold_l4.png')],
 }
 MAX_BYTES = 200 * 1024
+
+
+def _num(v: float) -> str:
+  """Two decimals, never '-0.00' (a flat m*(d) fits an exponent of -1e-17)."""
+  s = f'{v:.2f}'
+  return s.lstrip('-') if float(s) == 0 else s
 
 
 def tables(workdir: str) -> str:
@@ -68,10 +75,10 @@ def tables(workdir: str) -> str:
     f, b = fits.get(a), boot.get(a)
     if f is None:
       continue
-    se = f'{f["stderr"]:.2f}' if f['stderr'] is not None else '-'
-    bs = f'{b["bootstrap_std"]:.2f}' if b else '-'
-    iv = f'[{b["interval"][0]:.2f}, {b["interval"][1]:.2f}]' if b else '-'
-    out.append(f'| {a} | {f["exponent"]:.2f} | {se} | {bs} | {iv} |')
+    se = _num(f['stderr']) if f['stderr'] is not None else '-'
+    bs = _num(b['bootstrap_std']) if b else '-'
+    iv = f'[{_num(b["interval"][0])}, {_num(b["interval"][1])}]' if b else '-'
+    out.append(f'| {a} | {_num(f["exponent"])} | {se} | {bs} | {iv} |')
   status = collections.Counter((r['algorithm'], r['status']) for r in rows)
   out += ['', 'runs by status: ' + ', '.join(f'{a} {s}: {n}' for (a, s), n in sorted(status.items()))]
   return '\n'.join(out)
@@ -96,12 +103,13 @@ def main(argv=None) -> int:
         print(f'error: {path} was not drawn', file=sys.stderr)
         status = 1
         continue
-      shutil.copyfile(path, os.path.join(args.out, dst))
       size = os.path.getsize(path)
-      print(f'{dst}: {size // 1024} KB')
-      if size > MAX_BYTES:
-        print(f'error: {dst} is {size // 1024} KB > 200 KB', file=sys.stderr)
+      if size > MAX_BYTES:  # refused before the copy: docs/figures keeps its previous file
+        print(f'error: {dst} is {size // 1024} KB > 200 KB; not copied', file=sys.stderr)
         status = 1
+        continue
+      shutil.copyfile(path, os.path.join(args.out, dst))
+      print(f'{dst}: {size // 1024} KB')
   if args.default:
     print(tables(args.default))
   return status
