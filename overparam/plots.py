@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
-from overparam import analysis, registry  # noqa: E402
+from overparam import algorithms, analysis, registry  # noqa: E402,F401 - importing algorithms registers the built-ins
 
 # Which algorithms a figure treats how comes from their registry flags (registry.AlgorithmSpec):
 # `lazy` (a linearization: the lazy-threshold figure, the alpha -> inf reference) and
