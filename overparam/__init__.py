@@ -7,6 +7,7 @@ The functional core (pure functions; they compose with jax.jit and jax.vmap):
   init_params, cp_form, dense, loss, rel_error           the model and loss, for your own loops
 Built on it:
   decompose(tensor, width, ...) -> Decomposition          one tensor, in memory
+  decompose_many(tensors, width, ...) -> [Decomposition]  a batch of same-shape tensors, one program
   run(config, workdir), load_config(spec)                 a sweep into a workdir, as launch.py runs it
 """
 
@@ -21,15 +22,16 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 from overparam.algorithms import beyond_lazy, gd, lazy, lazy_exact  # noqa: E402
 from overparam.core import STATUS_NAMES  # noqa: E402
+from overparam.decomposition import Decomposition, decompose, decompose_many  # noqa: E402
 from overparam.fitting import FitResult, fit  # noqa: E402
 from overparam.model import cp_form, dense, init_params, loss, rel_error  # noqa: E402
 from overparam.tensors import CPTensor  # noqa: E402
 
 __all__ = ('gd', 'beyond_lazy', 'lazy', 'lazy_exact', 'fit', 'FitResult', 'CPTensor', 'STATUS_NAMES',
-           'init_params', 'cp_form', 'dense', 'loss', 'rel_error', 'decompose', 'run', 'load_config',
-           'Decomposition')
+           'init_params', 'cp_form', 'dense', 'loss', 'rel_error', 'decompose', 'decompose_many', 'Decomposition',
+           'run', 'load_config')
 
-_API = ('decompose', 'run', 'load_config', 'Decomposition')
+_API = ('run', 'load_config')
 
 
 def __getattr__(name):

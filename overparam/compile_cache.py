@@ -19,7 +19,15 @@ time). The settings are process-wide JAX settings.
 """
 
 import os
+import threading
 from typing import Optional
+
+from absl import flags
+from absl import logging
+import jax
+from jax.experimental.compilation_cache import compilation_cache as cc
+
+_LOCK = threading.Lock()
 
 ENV = 'JAX_COMPILATION_CACHE_DIR'
 FLAG_HELP = ('Use JAX\'s persistent compilation cache (a re-launch with the same shapes loads compiled '
@@ -38,7 +46,6 @@ def default_dir() -> str:
 
 def define_flag():
   """The launcher's --compilation_cache flag (absl), default true."""
-  from absl import flags  # noqa: PLC0415
   return flags.DEFINE_bool('compilation_cache', True, FLAG_HELP)
 
 
@@ -46,11 +53,14 @@ def configure(enabled: bool = True, path: Optional[str] = None) -> Optional[str]
   """Turns the persistent cache on (at `path`; default: the directory JAX already has configured,
   else default_dir()) or off, for this process. Returns the directory in use, or None when off.
 
-  Safe to call repeatedly and after JAX has compiled something: a change of directory or of
-  on/off resets JAX's cache handle so that it takes effect for the next compilation.
+  Safe to call repeatedly, from several threads, and after JAX has compiled something: a change of
+  directory or of on/off resets JAX's cache handle so that it takes effect for the next compilation.
   """
-  import jax  # noqa: PLC0415
-  from jax.experimental.compilation_cache import compilation_cache as cc  # noqa: PLC0415
+  with _LOCK:
+    return _configure(enabled, path)
+
+
+def _configure(enabled: bool, path: Optional[str]) -> Optional[str]:
   current = jax.config.jax_compilation_cache_dir
   was_on = bool(current) and jax.config.jax_enable_compilation_cache
   if not enabled:
@@ -62,9 +72,8 @@ def configure(enabled: bool = True, path: Optional[str] = None) -> Optional[str]
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:  # a read-only home: run without the cache rather than fail
-    from absl import logging  # noqa: PLC0415
     logging.warning('compilation cache off: cannot create %s (%s)', path, e)
-    return configure(False)
+    return _configure(False, None)
   # Cache every program: jax skips those that compile in < 1 s by default, which is most of ours.
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)

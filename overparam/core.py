@@ -300,9 +300,11 @@ def alignment_trace(coeffs, factors, data: RunData, order: int):
 
 
 def as_leaves(alg, dtype):
-  """alg with every floating (or integer-valued) hyperparameter leaf cast to the run dtype, so that a
-  float64 argument cannot promote a float32 run (or a Python int make an integer step)."""
-  return jax.tree.map(lambda x: jnp.asarray(x, dtype), alg)
+  """alg with every hyperparameter leaf cast to the run dtype, so that a float64 argument cannot
+  promote a float32 run (or a Python int make an integer step). Concrete leaves become numpy arrays
+  (no device work), traced ones are cast in the trace."""
+  cast = lambda x: jnp.asarray(x, dtype) if isinstance(x, jax.core.Tracer) else np.asarray(x, dtype)
+  return jax.tree.map(cast, alg)
 
 
 def stack_leaves(algs: Sequence[Algorithm], dtype) -> Algorithm:

@@ -104,7 +104,14 @@ def result(alg: core.Algorithm, task: core.Task, state: core.RunState, data: cor
                    extras=alg.extras(task, state, data))
 
 
+def _batched(alg: core.Algorithm, task: core.Task, width: int, keys, targets: tensors.Target, eps) -> FitResult:
+  """_program over a batch of targets (leading axis n) and restarts (keys (k,)): leaves (n, k, ...)."""
+  per_target = lambda t: jax.vmap(lambda k: _program(alg, task, width, k, t, eps))(keys)
+  return jax.vmap(per_target)(targets)
+
+
 _program_jit = jax.jit(_program, static_argnums=(1, 2))
+_PROGRAMS = {'one': _program_jit, 'batched': jax.jit(_batched, static_argnums=(1, 2))}
 _EXECUTABLES = {}
 _LOCK = threading.Lock()
 
@@ -133,37 +140,42 @@ def fit(algorithm: core.Algorithm, key, target, *, width: int, steps: int = core
   algorithm that is not one, width < 1, steps < 0, eps outside (0, 1), a target that is not a finite
   symmetric (d,)*l array or CP tensor; and ConfigError when the program would not fit in memory.
   """
-  inputs.algorithm(algorithm, core.Algorithm)
-  width = inputs.width(width)
-  steps = inputs.steps(steps)
-  eps = inputs.eps(eps)
-  t, order, loss = inputs.as_target(target)
-  window = None
-  if eps is None:
-    window = tuple(plateau) if plateau is not None else PLATEAU
-  task = core.Task(order=order, loss=loss, steps=steps, plateau=window)
-  dtype = (t.dense if t.dense is not None else t.factors).dtype
-  alg = core.as_leaves(algorithm, dtype)
+  task, t, width, eps, alg = prepare(algorithm, target, width, steps, eps, plateau)
   if _traced(alg, key, t, eps):
     return _program_jit(alg, task, width, key, t, eps)
   return executable(alg, task, width, key, t, eps)(alg, key, t, eps)
 
 
-def executable(alg, task: core.Task, width: int, key, target, eps):
-  """The compiled program of (alg's structure, task, width, the inputs' shapes), compiled once and
+def executable(alg, task: core.Task, width: int, key, target, eps, kind: str = 'one'):
+  """The compiled program of (kind, alg's structure, task, width, the inputs' shapes), compiled once and
   cached; its memory is checked against the free memory before it is first returned. Call it as
-  exe(alg, key, target, eps)."""
+  exe(alg, key, target, eps). kind: 'one' (fit) or 'batched' (keys (k,), targets with a leading axis n:
+  results (n, k, ...); overparam.decompose_many)."""
   leaves, treedef = jax.tree.flatten((alg, key, target, eps))
-  cache_key = (treedef, task, width, tuple(jax.typeof(x) for x in leaves))
+  cache_key = (kind, treedef, task, width, tuple(jax.typeof(x) for x in leaves))
   with _LOCK:
     exe = _EXECUTABLES.get(cache_key)
   if exe is None:
-    compiled = _program_jit.lower(alg, task, width, key, target, eps).compile()
+    compiled = _PROGRAMS[kind].lower(alg, task, width, key, target, eps).compile()
     check_memory(compiled, width)
     exe = compiled
     with _LOCK:
       _EXECUTABLES[cache_key] = exe
   return exe
+
+
+def prepare(algorithm, target, width, steps, eps, plateau):
+  """The checked inputs of a run: (task, target as a tensors.Target, width, eps, algorithm cast to the
+  run dtype). Raises the errors fit documents."""
+  inputs.algorithm(algorithm, core.Algorithm)
+  width = inputs.width(width)
+  steps = inputs.steps(steps)
+  eps = inputs.eps(eps)
+  t, order, loss = inputs.as_target(target)
+  window = (tuple(plateau) if plateau is not None else PLATEAU) if eps is None else None
+  task = core.Task(order=order, loss=loss, steps=steps, plateau=window)
+  dtype = (t.dense if t.dense is not None else t.factors).dtype
+  return task, t, width, eps, core.as_leaves(algorithm, dtype)
 
 
 def check_memory(compiled, width: int, limit: int = 0):

@@ -82,6 +82,16 @@ def as_target(target, order: Optional[int] = None) -> Tuple[tensors.Target, int,
     _finite(c, 'target.coeffs')
     _finite(a, 'target.factors')
     return tensors.Target(coeffs=jnp.asarray(c, dtype), factors=jnp.asarray(a, dtype)), int(target.order), 'implicit'
+  arr, order = checked_dense(target, order)
+  if checks.is_traced(arr):  # under the user's jit/vmap: shape and dtype only; taken as symmetric
+    return tensors.Target(dense=jnp.asarray(arr, run_dtype(arr.dtype))), order, 'dense'
+  return tensors.Target(dense=jnp.asarray(arr, run_dtype(np.asarray(target).dtype))), order, 'dense'
+
+
+def checked_dense(target, order: Optional[int] = None):
+  """(array, order) of a dense target: a tracer passes with its shape checked; a concrete array is
+  returned in float64, checked finite, non-zero and symmetric (relative gap SYM_TOL; within it, the
+  asymmetry is projected out: the dense loss's gradient assumes a symmetric T*). TargetError."""
   if not _is_array_like(target):
     raise TargetError(f'target must be a symmetric array (d,)*l or a CPTensor(coeffs, factors, order), got '
                       f'{type(target).__name__}')
@@ -91,9 +101,9 @@ def as_target(target, order: Optional[int] = None) -> Tuple[tensors.Target, int,
                       f'{tuple(arr.shape)}')
   if order is not None and order != arr.ndim:
     raise TargetError(f'target: array has order (ndim) {arr.ndim}, order is {order}')
-  dtype = run_dtype(arr.dtype)
-  if checks.is_traced(arr):  # under the user's jit/vmap: taken as symmetric
-    return tensors.Target(dense=jnp.asarray(arr, dtype)), arr.ndim, 'dense'
+  run_dtype(arr.dtype)  # a dtype the library runs in
+  if checks.is_traced(arr):
+    return arr, arr.ndim
   _finite(arr, 'target')
   a64 = np.asarray(arr, np.float64)
   scale = float(np.max(np.abs(a64)))
@@ -106,11 +116,10 @@ def as_target(target, order: Optional[int] = None) -> Tuple[tensors.Target, int,
     if gap > SYM_TOL:
       raise TargetError(f'target is not symmetric (relative gap {gap:.2e} under swapping axes {k} and {k + 1}, '
                         f'tolerance {SYM_TOL:.0e})')
-  if any(not np.array_equal(a64, a64.transpose(p)) for p in itertools.permutations(range(arr.ndim))):
-    # within tolerance: project out the asymmetry (the dense loss's gradient assumes a symmetric T*)
-    a64 = sum(a64.transpose(p) for p in itertools.permutations(range(arr.ndim))) / math.factorial(arr.ndim)
-    arr = a64
-  return tensors.Target(dense=jnp.asarray(arr, dtype)), arr.ndim, 'dense'
+  perms = list(itertools.permutations(range(arr.ndim)))
+  if any(not np.array_equal(a64, a64.transpose(p)) for p in perms):
+    a64 = sum(a64.transpose(p) for p in perms) / math.factorial(arr.ndim)
+  return a64, arr.ndim
 
 
 def width(m) -> int:

@@ -1,4 +1,4 @@
-"""Figures drawn from result rows (matplotlib, Agg, PNG).
+"""Figures drawn from result rows (matplotlib Figure objects, no pyplot: PNG, thread-safe).
 
 Each figure is meant to be read on its own: axis labels say what is measured, the legend says what
 every line, band and bar is (fitted exponents with their uncertainty, from analysis.py), ticks sit at
@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+import matplotlib.figure  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import matplotlib.transforms  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -43,14 +43,17 @@ MARKERS = ('o', 's', 'D', '^', 'v', 'P', 'X', '<', '>')
 
 
 def _save(fig, path: str, dpi: int = DPI):
-  """The one place a figure is written to disk (and closed)."""
+  """The one place a figure is written to disk."""
   fig.savefig(path, dpi=dpi)
-  plt.close(fig)
 
 
-def _figure(*args, **kwargs):
-  """plt.subplots with constrained layout: titles, labels and outside legends are never clipped."""
-  return plt.subplots(*args, layout='constrained', **kwargs)
+def _figure(*args, figsize=None, **kwargs):
+  """(figure, axes) like plt.subplots, with constrained layout (titles, labels and outside legends are
+  never clipped), but a plain matplotlib Figure: no pyplot, so no global state, and figures can be
+  drawn from several threads at once."""
+  fig = matplotlib.figure.Figure(figsize=figsize, layout='constrained')
+  FigureCanvasAgg(fig)  # attaches the Agg canvas (renderer for layout measurements, PNG output)
+  return fig, fig.subplots(*args, **kwargs)
 
 
 def _is_lazy(name: str) -> bool:
@@ -660,7 +663,7 @@ def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
     series[(_arm(r), r.get('alpha'))][(r['rank'], r['width'] / r['rank'])].append(
         r['rel_error'] is not None and r['rel_error'] < eps)
   ranks = sorted({r['rank'] for r in rows})
-  colors = plt.cm.viridis(np.linspace(0.0, 0.9, len(ranks)))
+  colors = matplotlib.colormaps['viridis'](np.linspace(0.0, 0.9, len(ranks)))
   fig, axes = _figure(1, len(series), figsize=(max(6.0, 4.6 * len(series)), 4.6), sharey=True, squeeze=False)
   ratios = sorted({q for s in series.values() for (_, q) in s})
   handles = {}
