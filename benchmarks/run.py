@@ -24,6 +24,8 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
                              fresh workdir, jax's persistent compilation cache shared (goal >= 1.5)
   compile_share              compile seconds (trace + lower + XLA compile) / wall of the first launch
   lazy_linearize_vs_jvp      jvp-every-step time per step / jax.linearize time per step
+  alpha_axis_one_program     seconds of one program per alpha value (each compiled anew) / seconds of
+                             the alpha axis as one vmapped program (configs/alpha_scaling.py's gd arm)
   lazy_exact_grid_vs_largest lazy_exact over a 14-width grid from one factorization / the largest
                              width alone by the per-width path (l=3 d=16, 4 seeds)
   memory_model               measured / predicted peak RSS (worst validation size)
@@ -49,6 +51,7 @@ BENCHMARKS = (
     ('cache_bench', 'benchmarks.cache_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
     ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
+    ('axes_bench', 'benchmarks.axes_bench', (), True),
     ('memory_bench', 'benchmarks.memory_bench', ('--part=model',), True),
     ('memory_largest', 'benchmarks.memory_bench', ('--part=largest',), False),
 )
