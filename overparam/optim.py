@@ -15,6 +15,8 @@ import functools
 import inspect
 from typing import Callable, Dict, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from overparam.errors import ConfigError
@@ -46,11 +48,30 @@ def optimizer_names() -> Tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class ScheduleSpec:
   """An optax schedule: `value` is the argument that receives lr, `steps` the one that receives
-  config.steps (None: none), `defaults` values of other arguments the user may override."""
+  config.steps (None: none), `defaults` values of other arguments the user may override. build: what
+  schedule_fn calls instead of fn (same signature and numbers; None: fn itself); fn's signature is
+  what the checks read."""
   fn: Callable
   value: str
   steps: Optional[str] = None
   defaults: Tuple[Tuple[str, float], ...] = ()
+  build: Optional[Callable] = None
+
+
+def _warmup_cosine(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0, exponent=1.0):
+  """optax.warmup_cosine_decay_schedule without its Python test `peak_value == 0.0`, which refuses a
+  traced peak_value (lr is a leaf of the algorithm value: traced under fit's jit and the engine's
+  vmap). The same schedule (optax 0.2.8's construction): concrete values give optax's numbers."""
+  if isinstance(peak_value, jax.core.Tracer):
+    zero = peak_value == 0.0
+    alpha = jnp.where(zero, 0.0, end_value / jnp.where(zero, 1.0, peak_value))
+  else:
+    alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
+  return optax.join_schedules(
+      [optax.linear_schedule(init_value=init_value, end_value=peak_value, transition_steps=warmup_steps),
+       optax.cosine_decay_schedule(init_value=peak_value, decay_steps=decay_steps - warmup_steps, alpha=alpha,
+                                   exponent=exponent)],
+      [warmup_steps])
 
 
 # name -> optax schedule (None: the constant lr itself).
@@ -58,7 +79,7 @@ SCHEDULES: Dict[str, Optional[ScheduleSpec]] = {
     'constant': None,
     'cosine': ScheduleSpec(optax.cosine_decay_schedule, 'init_value', 'decay_steps'),
     'warmup_cosine': ScheduleSpec(optax.warmup_cosine_decay_schedule, 'peak_value', 'decay_steps',
-                                  (('init_value', 0.0),)),
+                                  (('init_value', 0.0),), build=_warmup_cosine),
     'warmup_constant': ScheduleSpec(optax.warmup_constant_schedule, 'peak_value', None, (('init_value', 0.0),)),
     'linear': ScheduleSpec(optax.linear_schedule, 'init_value', 'transition_steps', (('end_value', 0.0),)),
     'polynomial': ScheduleSpec(optax.polynomial_schedule, 'init_value', 'transition_steps',
@@ -135,7 +156,7 @@ def schedule_fn(schedule: str, lr, steps: int, schedule_kwargs=()):
   kw = {**dict(s.defaults), **dict(as_items(schedule_kwargs)), s.value: lr}
   if s.steps is not None:
     kw[s.steps] = steps
-  return s.fn(**kw)
+  return (s.build or s.fn)(**kw)
 
 
 @dataclasses.dataclass(frozen=True)

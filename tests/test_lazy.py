@@ -5,6 +5,7 @@ against finite differences; GD on T_lin against the exact min-norm solution; alp
 the lazy GD; padding; the memory refusal; the alpha cell axis and the summary through the engine.
 """
 
+import dataclasses
 import itertools
 import json
 import math
@@ -15,31 +16,48 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from overparam import algorithms, analysis, config_lib, experiments, lazy, memory, objectives, results, tensors
+import overparam
+from overparam import analysis, config_lib, core, experiments, lstsq, objectives, planner, results, symmetric, tensors
+from overparam.fitting import run_data as fit_run_data
+from overparam.gd import linearization_gap  # (overparam.gd and overparam.lazy are the constructors)
+from overparam.lazy import exact_program_bytes
 from overparam.errors import ConfigError
 
 from tests.support import np_outer_cp
 
 F64 = jnp.float64
+KEY = jax.random.PRNGKey(0)
+NEVER = 1e-300  # an eps no run reaches: these tests compare iterates, not stopping times
 
 
-def run_data(order, dim, width, bucket, parametrization='cp', seed=0, signs=None, rank=2):
-  """One run's RunData (unbatched), float64."""
-  key = jax.random.PRNGKey(seed)
-  t = tensors.make_target(jax.random.fold_in(key, 0), 'random_unit', order, dim, rank, dtype=F64)
-  if signs is None:
-    signs = np.where(np.arange(bucket) % 3 == 2, -1.0, 1.0)  # some negative signs for power/homogeneous
-  return algorithms.RunData(
-      init_key=jax.random.fold_in(key, 1), reinit_key=jax.random.fold_in(key, 2),
-      mask=jnp.asarray(np.arange(bucket) < width, F64), signs=jnp.asarray(signs, F64),
-      width=jnp.asarray(width, F64), target=t, target_sq=tensors.target_sq_norm(t, order))
+def cp_target(order, dim, seed=0, rank=2):
+  """The CP target of seed `seed` (the engine's key: fold_in(PRNGKey(seed), 0)), float64."""
+  t = tensors.make_target(jax.random.fold_in(jax.random.PRNGKey(seed), 0), 'random_unit', order, dim, rank, dtype=F64)
+  return overparam.CPTensor(t.coeffs, t.factors, order)
 
 
-def make(cls, order, dim, bucket, parametrization='cp', **kw):
-  spec = objectives.Spec(order, parametrization, 'dense')
-  kw.setdefault('steps', 1)
-  kw.setdefault('eps', 1e-300)  # never stop early: these tests compare iterates
-  return cls(spec=spec, dim=dim, bucket=bucket, dtype=F64, **kw)
+def make(constructor, **kw):
+  """An algorithm value with float64 leaves (as overparam.fit casts them)."""
+  return core.as_leaves(constructor(**kw), F64)
+
+
+def run_data(alg, task, dim, width, bucket=None, seed=0):
+  """One run's RunData (unbatched): fit.run_data's, with the first `width` of `bucket` components real."""
+  bucket = bucket or width
+  t = cp_target(task.order, dim, seed)
+  data = fit_run_data(alg, task, jax.random.PRNGKey(seed), tensors.Target(coeffs=t.coeffs, factors=t.factors),
+                      bucket, NEVER)
+  return data._replace(mask=jnp.asarray(np.arange(bucket) < width, F64), width=jnp.asarray(width, F64))
+
+
+def signs_of(parametrization):
+  """Negative signs for power/homogeneous (balanced: +1, -1, ...), so the oracles see them."""
+  return 'positive' if parametrization == 'cp' else 'balanced'
+
+
+def _run(alg, task, data, steps):
+  state = alg.init(task, data)
+  return jax.lax.fori_loop(0, steps, lambda _, s: alg.step(task, s, data), state)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -100,15 +118,15 @@ def test_unique_basis_is_an_isometry_on_symmetric_tensors(order, dim):
   rng = np.random.default_rng(order)
   t = np.asarray(tensors.symmetrize(jnp.asarray(rng.normal(size=(dim,) * order))))
   pos, w = np_unique_rows(dim, order)
-  assert lazy.sym_dim(dim, order) == len(pos) == math.comb(dim + order - 1, order)
-  u = np.asarray(lazy.to_unique(jnp.asarray(t), order))
+  assert symmetric.sym_dim(dim, order) == len(pos) == math.comb(dim + order - 1, order)
+  u = np.asarray(symmetric.to_unique(jnp.asarray(t), order))
   np.testing.assert_allclose(u, w * t.reshape(-1)[pos], rtol=1e-13)
   np.testing.assert_allclose(np.linalg.norm(u), np.linalg.norm(t), rtol=1e-13)
-  np.testing.assert_allclose(np.asarray(lazy.from_unique(jnp.asarray(u), dim, order)), t, rtol=1e-13, atol=1e-15)
+  np.testing.assert_allclose(np.asarray(symmetric.from_unique(jnp.asarray(u), dim, order)), t, rtol=1e-13, atol=1e-15)
   # a non-symmetric tensor is first projected onto the symmetric ones
   a = rng.normal(size=(dim,) * order)
-  np.testing.assert_allclose(np.asarray(lazy.to_unique(jnp.asarray(a), order)),
-                             np.asarray(lazy.to_unique(tensors.symmetrize(jnp.asarray(a)), order)), rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(symmetric.to_unique(jnp.asarray(a), order)),
+                             np.asarray(symmetric.to_unique(tensors.symmetrize(jnp.asarray(a)), order)), rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,20 +145,22 @@ RANK_CASES = [  # (order, d, m, parametrization): below, at and above the count,
 @pytest.mark.parametrize('order,dim,width,parametrization', RANK_CASES)
 def test_unique_jacobian_and_rank_match_numpy(order, dim, width, parametrization):
   bucket = width + 2  # padded: two masked components
-  data = run_data(order, dim, width, bucket, parametrization)
-  alg = make(lazy.LazyExact, order, dim, bucket, parametrization, init_scale=0.8)
+  signs = signs_of(parametrization)
+  alg = make(overparam.lazy_exact, parametrization=parametrization, signs=signs, init_scale=0.8)
+  task = core.Task(order, 'dense', 1)
+  data = run_data(alg, task, dim, width, bucket)
   params = alg.init_params(data)
-  jnp_j = np.asarray(jax.jit(alg.unique_jacobian)(params, data))
-  dense_j = np_jacobian(params, parametrization, np.asarray(data.signs), width, order)
+  jnp_j = np.asarray(jax.jit(lambda p, d: alg.unique_jacobian(task, p, d))(params, data))
+  dense_j = np_jacobian(params, parametrization, np.asarray(core.signs_vector(signs, bucket, F64)), width, order)
   pos, w = np_unique_rows(dim, order)
   np.testing.assert_allclose(jnp_j, w[:, None] * dense_j[pos], rtol=1e-11, atol=1e-12)
-  state = jax.jit(alg.init)(data)
+  state = jax.jit(lambda d: alg.init(task, d))(data)
   mask = np.arange(bucket) < width
   real = np.repeat(mask, dim) if parametrization != 'cp' else np.concatenate([mask, np.repeat(mask, dim)])
   want = np.linalg.matrix_rank(dense_j[:, real])
   assert int(state.aux['tangent_rank']) == want
   if (order, dim, width) in ((3, 5, 7), (4, 3, 5)):
-    assert want == lazy.sym_dim(dim, order) - 1  # the count m d >= C(d+l-1, l) is not sufficient
+    assert want == symmetric.sym_dim(dim, order) - 1  # the count m d >= C(d+l-1, l) is not sufficient
 
 
 @pytest.mark.slow
@@ -148,109 +168,170 @@ def test_unique_jacobian_and_rank_match_numpy(order, dim, width, parametrization
 def test_linearization_is_first_order_exact(symmetric_init, ntk_scaling):
   """T_lin(W0 + h V) - T(W0 + h V) = O(h^2), and J V equals a central difference of T."""
   order, dim, width, bucket = 3, 4, 3, 5
-  data = run_data(order, dim, width, bucket)
-  alg = make(lazy.Lazy, order, dim, bucket, symmetric_init=symmetric_init, ntk_scaling=ntk_scaling)
+  alg = make(overparam.lazy, symmetric_init=symmetric_init, ntk_scaling=ntk_scaling)
+  task = core.Task(order, 'dense', 1)
+  data = run_data(alg, task, dim, width, bucket)
   p0 = alg.init_params(data)
   leaves, treedef = jax.tree.flatten(p0)
   v = jax.tree.unflatten(treedef, [jax.random.normal(jax.random.PRNGKey(3 + j), x.shape, F64)
                                    for j, x in enumerate(leaves)])
-  t0 = alg.model(p0, data)
+  model = jax.jit(lambda p: alg.model(task, p, data))
+  t_lin = jax.jit(lambda p, p0, t0: alg.t_lin(task, p, p0, t0, data))
+  t0 = model(p0)
   if symmetric_init:
     assert float(jnp.max(jnp.abs(t0))) == 0.0
   at = lambda h: jax.tree.map(lambda a, b: a + h * b, p0, v)
   gaps = []
   for h in (1e-2, 5e-3):
-    gaps.append(float(jnp.linalg.norm(alg.model(at(h), data) - alg.t_lin(at(h), p0, t0, data))))
+    gaps.append(float(jnp.linalg.norm(model(at(h)) - t_lin(at(h), p0, t0))))
   np.testing.assert_allclose(gaps[0] / gaps[1], 4.0, rtol=0.05)  # quadratic in h
   h = 1e-5  # central difference: truncation ~h^2, rounding ~1e-16 / h
-  jv = np.asarray(alg.linearize(p0, data)[1](v))
-  fd = np.asarray((alg.model(at(h), data) - alg.model(at(-h), data)) / (2 * h))
+  jv = np.asarray(jax.jit(lambda p0, v: alg.linearize(task, p0, data)[1](v))(p0, v))
+  fd = np.asarray((model(at(h)) - model(at(-h))) / (2 * h))
   np.testing.assert_allclose(jv, fd, atol=1e-8 * np.max(np.abs(jv)))
   # masked components contribute nothing
   p_masked = jax.tree.map(lambda a, b: a.at[width:].add(b[width:]), p0, v)
-  np.testing.assert_allclose(np.asarray(alg.t_lin(p_masked, p0, t0, data)), np.asarray(t0), atol=1e-14)
+  np.testing.assert_allclose(np.asarray(t_lin(p_masked, p0, t0)), np.asarray(t0), atol=1e-14)
+
+
+def np_linearization_gap(p, p0, width, order, alpha, target_sq):
+  """alpha ||T(W) - T(W0) - J dW|| / ||T*|| of a cp model (its first `width` components), by numpy."""
+  dim = np.asarray(p['factors']).shape[1]
+  m = lambda q: np_outer_cp(np.asarray(q['coeffs'])[:width], np.asarray(q['factors'])[:width], order)
+  delta = np.concatenate([np.asarray(p[k] - p0[k]).reshape(-1) for k in ('coeffs', 'factors')])
+  jd = (np_jacobian(p0, 'cp', None, width, order) @ delta).reshape((dim,) * order)
+  return alpha * np.linalg.norm(m(p) - m(p0) - jd) / np.sqrt(float(target_sq))
 
 
 def test_linearization_gap_dense_implicit_and_numpy_agree():
   order, dim, width, bucket = 3, 4, 3, 4
-  data = run_data(order, dim, width, bucket)
-  spec = objectives.Spec(order, 'cp', 'implicit')
+  alpha = 3.0
+  alg = make(overparam.gd, alpha=alpha, init_scale=0.7, lr=0.02)
+  task = core.Task(order, 'implicit', 20)
+  data = run_data(alg, task, dim, width, bucket)
   p0 = objectives.init_params(data.init_key, 'cp', bucket, dim, 0.7, F64)
   p = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.PRNGKey(5), x.shape, F64), p0)
-  alpha = 3.0
-  dense = float(algorithms.linearization_gap(p, p0, data, spec, dim, alpha))
-  implicit = float(algorithms.linearization_gap(p, p0, data, spec, dim, alpha, dense_limit=0))
-  m = lambda q: np_outer_cp(np.asarray(q['coeffs'])[:width], np.asarray(q['factors'])[:width], order)
-  delta = np.concatenate([np.asarray(p[k] - p0[k]).reshape(-1) for k in ('coeffs', 'factors')])
-  jd = (np_jacobian(p0, 'cp', None, width, order) @ delta).reshape((dim,) * order)
-  want = alpha * np.linalg.norm(m(p) - m(p0) - jd) / np.sqrt(float(data.target_sq))
+  signs = core.signs_vector('positive', bucket, F64)
+  dense = float(linearization_gap(p, p0, signs, data, 'cp', order, alpha))
+  implicit = float(linearization_gap(p, p0, signs, data, 'cp', order, alpha, dense_limit=0))
+  want = np_linearization_gap(p, p0, width, order, alpha, data.target_sq)
   np.testing.assert_allclose(dense, want, rtol=1e-10)
   np.testing.assert_allclose(implicit, want, rtol=1e-6)
+  # the gap a fit reports is that of its final W against its W0, with its alpha
+  res = overparam.fit(alg, KEY, cp_target(order, dim), width=width, steps=20, eps=NEVER)
+  assert int(res.steps) == 20
+  want = np_linearization_gap(res.params, res.params0, width, order, alpha, data.target_sq)
+  assert want > 1e-6
+  np.testing.assert_allclose(float(res.extras['linearization_gap']), want, rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------
 # GD on T_lin == the exact lazy optimum; padding
-
-def _run(alg, data, steps):
-  state = alg.init(data)
-  return jax.lax.fori_loop(0, steps, lambda _, s: alg.step(s, data), state)
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize('width,momentum', [(2, 0.0), (9, 0.9)])
 def test_lazy_gd_converges_to_the_exact_min_norm_solution(width, momentum):
   """Below (m d = 8 < 20) and above (36 >= 20) the threshold, GD from W0 reaches lazy_exact's
   model and its parameters (GD from W0 stays in W0 + range(J^T): the min-norm solution)."""
-  order, dim, bucket = 3, 4, width + 1
-  data = run_data(order, dim, width, bucket)
-  exact = make(lazy.LazyExact, order, dim, bucket, init_scale=1.0)
-  gd = make(lazy.Lazy, order, dim, bucket, init_scale=1.0, steps=4000, momentum=momentum)
-  s_exact = jax.jit(exact.init)(data)
-  s_gd = jax.jit(lambda d: _run(gd, d, 4000))(data)
-  t_exact = np.asarray(exact.dense_model(s_exact, data))
-  t_gd = np.asarray(gd.dense_model(s_gd, data))
+  order, dim = 3, 4
+  t = cp_target(order, dim)
+  exact = overparam.fit(overparam.lazy_exact(init_scale=1.0), KEY, t, width=width, eps=NEVER)
+  lz = overparam.fit(overparam.lazy(init_scale=1.0, momentum=momentum), KEY, t, width=width, steps=4000, eps=NEVER)
+  assert int(lz.steps) == 4000 and int(exact.steps) == 0
+  t_exact, t_gd = np.asarray(exact.model), np.asarray(lz.model)
   scale = np.linalg.norm(t_exact)
   np.testing.assert_allclose(t_gd, t_exact, atol=1e-8 * scale)
-  for a, b in zip(jax.tree.leaves(s_gd.params), jax.tree.leaves(s_exact.params)):
+  for a, b in zip(jax.tree.leaves(lz.params), jax.tree.leaves(exact.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-  below = width * dim < lazy.sym_dim(dim, order)
-  assert (float(s_exact.rel_err) > 0.1) == below
-  assert int(s_exact.aux['tangent_rank']) == (width * dim if below else lazy.sym_dim(dim, order))
+  for a, b in zip(jax.tree.leaves(lz.params0), jax.tree.leaves(exact.params0)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same W0
+  np.testing.assert_allclose(float(lz.rel_error), float(exact.rel_error), rtol=1e-6, atol=1e-9)
+  below = width * dim < symmetric.sym_dim(dim, order)
+  assert (float(exact.rel_error) > 0.1) == below
+  assert int(exact.extras['tangent_rank']) == (width * dim if below else symmetric.sym_dim(dim, order))
 
 
 @pytest.mark.slow
 def test_padding_changes_nothing():
-  """A width-m run padded to a wider bucket computes what the unpadded run computes."""
-  order, dim, width = 3, 4, 3
-  out = {}
-  for bucket in (width, width + 4):
-    data = run_data(order, dim, width, bucket, signs=np.ones(bucket))
-    ex = make(lazy.LazyExact, order, dim, bucket, symmetric_init=True, ntk_scaling=True)
-    gd = make(lazy.Lazy, order, dim, bucket, symmetric_init=True, ntk_scaling=True, steps=50)
-    def f(data, ex=ex, gd=gd):
-      se, sg = ex.init(data), _run(gd, data, 50)
-      return (se.aux['tangent_rank'], sg.aux['lambda_max'], ex.dense_model(se, data), gd.dense_model(sg, data),
-              gd.extras(sg, data)['linearization_gap'])
-    out[bucket] = jax.tree.map(np.asarray, jax.jit(f)(data))
-  a, b = out[width], out[width + 4]
+  """A width-m run padded to a wider bucket computes what the unpadded run (overparam.fit) computes."""
+  order, dim, width, steps = 3, 4, 3, 50
+  ex = make(overparam.lazy_exact, symmetric_init=True, ntk_scaling=True)
+  lz = make(overparam.lazy, symmetric_init=True, ntk_scaling=True)
+  t = cp_target(order, dim)
+  fe = overparam.fit(ex, KEY, t, width=width, eps=NEVER)
+  fl = overparam.fit(lz, KEY, t, width=width, steps=steps, eps=NEVER)
+  assert int(fl.steps) == steps
+  a = jax.tree.map(np.asarray, (fe.extras['tangent_rank'], fl.extras['lambda_max'], fe.model, fl.model,
+                                fl.extras['linearization_gap']))
+  task = core.Task(order, 'implicit', steps)
+  data = run_data(lz, task, dim, width, width + 4)
+
+  def padded(data):
+    se, sl = ex.init(task, data), _run(lz, task, data, steps)
+    return (se.aux['tangent_rank'], sl.aux['lambda_max'], ex.dense_model(task, se, data),
+            lz.dense_model(task, sl, data), lz.extras(task, sl, data)['linearization_gap'])
+  b = jax.tree.map(np.asarray, jax.jit(padded)(data))
   assert a[0] == b[0] == width * dim
   np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
   np.testing.assert_allclose(a[2], b[2], rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(a[3], b[3], rtol=1e-10, atol=1e-12)
   np.testing.assert_allclose(a[4], b[4], rtol=1e-8)
+  assert float(a[4]) > 0  # lazy GD moved W: the gap is not trivially 0
 
 
 # ------------------------------------------------------------------------------------------------
-# The whole width grid from one factorization (LazyExact(widths=...)) == the per-width path
+# Hyperparameters are leaves: a vmap over them is the separate fits
+
+def test_hyperparameter_vmap_equals_separate_fits():
+  """jax.vmap over lazy_exact's init_scale and over lazy's (init_scale, lr_scale, momentum) through
+  overparam.fit gives the numbers of one fit per value (momentum 0 included: the batch runs it with
+  the momentum state, the lone fit without)."""
+  t = cp_target(3, 4)
+  width = 3
+  scales = np.array([0.5, 1.0, 1.5])
+  lr_scales = np.array([1.0, 0.5, 1.0])
+  moms = np.array([0.0, 0.9, 0.5])
+  cases = [
+      (lambda s, lr, mom: overparam.fit(overparam.lazy_exact(init_scale=s), KEY, t, width=width, eps=NEVER),
+       (scales,)),
+      (lambda s, lr, mom: overparam.fit(overparam.lazy(init_scale=s, lr_scale=lr, momentum=mom), KEY, t,
+                                        width=width, steps=40, eps=NEVER), (scales, lr_scales, moms)),
+  ]
+  for one, args in cases:
+    args = args + (np.zeros(3),) * (3 - len(args))
+    batched = jax.vmap(one)(*(jnp.asarray(a, F64) for a in args))
+    assert batched.model.shape == (3, 4, 4, 4)
+    for i in range(3):
+      sep = one(*(float(a[i]) for a in args))
+      got = jax.tree.map(lambda x, i=i: np.asarray(x)[i], batched)
+      assert int(got.status) == int(sep.status) and int(got.steps) == int(sep.steps)
+      np.testing.assert_allclose(got.model, np.asarray(sep.model), rtol=1e-9, atol=1e-12)
+      np.testing.assert_allclose(got.rel_error, float(sep.rel_error), rtol=1e-9)
+      for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(sep.params)):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-9, atol=1e-12)
+      assert got.extras.keys() == sep.extras.keys()
+      for k, v in sep.extras.items():
+        if np.issubdtype(np.asarray(v).dtype, np.integer):
+          assert int(got.extras[k]) == int(v), k
+        else:
+          np.testing.assert_allclose(got.extras[k], float(v), rtol=1e-8, err_msg=k)
+    # the values differ: the batch is not one value repeated (lazy_exact's model, the projection of T*
+    # onto range(J), does not depend on init_scale for cp; its W* does)
+    assert np.ptp(np.asarray(batched.params['factors']), axis=0).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole width grid from one factorization (lazy_exact().with_grid(widths)) == the per-width path
 
 @pytest.mark.parametrize('parametrization', ['cp', 'power', 'homogeneous'])
 @pytest.mark.parametrize('symmetric_init', [False, True])
 def test_inits_are_nested(parametrization, symmetric_init):
   """The grid path rests on this: a width-m init is the first m components of the width-M init."""
-  small = make(lazy.LazyExact, 3, 4, 3, parametrization, symmetric_init=symmetric_init)
-  big = make(lazy.LazyExact, 3, 4, 7, parametrization, symmetric_init=symmetric_init)
-  data = run_data(3, 4, 3, 7)
-  a, b = small.init_params(data), big.init_params(data)
+  alg = make(overparam.lazy_exact, parametrization=parametrization, symmetric_init=symmetric_init)
+  task = core.Task(3, 'dense', 1)
+  a = alg.init_params(run_data(alg, task, 4, 3, 3))
+  b = alg.init_params(run_data(alg, task, 4, 3, 7))
+  assert jax.tree.leaves(b)[0].shape[0] == 7
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y)[:3])
 
@@ -270,8 +351,9 @@ def test_prefix_min_norm_matches_numpy_pinv():
   b = rng.normal(size=(n, len(widths)))
   tau = np.sqrt(n * np.finfo(np.float64).eps) * np.linalg.norm(j[:, :k], axis=0).max()
   for panel in (3, 6, 512):  # one block per panel, two, all in one
-    coef, s, comp = lazy.factor_components(jnp.asarray(np.concatenate([j, b], axis=1)), m * k, k, tau, panel)
-    ranks, xs = lazy.prefix_min_norm(coef, s, comp, widths, k, n)
+    coef, s, comp = jax.jit(lstsq.factor_components, static_argnums=(1, 2, 4))(
+        jnp.asarray(np.concatenate([j, b], axis=1)), m * k, k, tau, panel)
+    ranks, xs = jax.jit(lstsq.prefix_min_norm, static_argnums=(3, 4, 5))(coef, s, comp, widths, k, n)
     for q, w in enumerate(widths):
       jw = j[:, :w * k]
       assert int(ranks[q]) == np.linalg.matrix_rank(jw) == [2, 6, 8, 8, 10, 12][q]
@@ -296,22 +378,27 @@ def test_grid_path_matches_the_per_width_path(order, dim, widths, parametrizatio
   to 1e-8, the same parameters (movement) and linearization gap, as the per-width min_norm_solve path
   (eigendecomposition of the Gram matrix) run in the same bucket."""
   big = widths[-1]
-  kw = dict(symmetric_init=symmetric_init, ntk_scaling=ntk_scaling, init_scale=0.8)
-  grid = make(lazy.LazyExact, order, dim, big, parametrization, widths=widths, panel_cols=panel_cols, **kw)
-  ref = make(lazy.LazyExact, order, dim, big, parametrization, **kw)
-  data = run_data(order, dim, big, big, parametrization)
+  signs = signs_of(parametrization)
+  ref = make(overparam.lazy_exact, parametrization=parametrization, signs=signs, symmetric_init=symmetric_init,
+             ntk_scaling=ntk_scaling, init_scale=0.8)
+  grid = dataclasses.replace(ref.with_grid(widths), panel_cols=panel_cols)
+  task = core.Task(order, 'dense', 1)
+  data = run_data(ref, task, dim, big, big)
   per = jax.tree.map(lambda *x: jnp.stack(x), *[grid._width_data(data, m) for m in widths])
 
   def reference(d):
-    s = ref.init(d)
-    return s, ref.extras(s, d), ref.dense_model(s, d)
+    s = ref.init(task, d)
+    return s, ref.extras(task, s, d), ref.dense_model(task, s, d)
   s_ref, e_ref, t_ref = jax.jit(jax.vmap(reference))(per)
-  s_grid = jax.jit(grid.init)(data)
-  e_grid, t_grid = jax.jit(grid.extras)(s_grid, data), jax.jit(grid.dense_model)(s_grid, data)
+  s_grid = jax.jit(lambda d: grid.init(task, d))(data)
+  e_grid = jax.jit(lambda s, d: grid.extras(task, s, d))(s_grid, data)
+  t_grid = jax.jit(lambda s, d: grid.dense_model(task, s, d))(s_grid, data)
+  assert t_grid.shape == (len(widths),) + (dim,) * order
   params0 = s_ref.params0['plus'] if symmetric_init else s_ref.params0
+  sv = np.asarray(core.signs_vector(signs, big, F64))
   for j, m in enumerate(widths):
     p0 = jax.tree.map(lambda x: x[j], params0)
-    dense_j = np_jacobian(p0, parametrization, np.asarray(data.signs), m, order)
+    dense_j = np_jacobian(p0, parametrization, sv, m, order)
     assert int(e_grid['tangent_rank'][j]) == int(e_ref['tangent_rank'][j]) == np.linalg.matrix_rank(dense_j)
   np.testing.assert_allclose(np.asarray(s_grid.rel_err), np.asarray(s_ref.rel_err), rtol=0, atol=1e-8)
   np.testing.assert_allclose(np.asarray(t_grid), np.asarray(t_ref), rtol=0, atol=1e-8 * float(np.sqrt(data.target_sq)))
@@ -320,18 +407,23 @@ def test_grid_path_matches_the_per_width_path(order, dim, widths, parametrizatio
   np.testing.assert_allclose(np.asarray(e_grid['linearization_gap']), np.asarray(e_ref['linearization_gap']), rtol=1e-6)
   defective = {(3, 5): 7, (4, 3): 5, (4, 4): 9, (4, 5): 14}.get((order, dim))
   if defective in widths:  # Alexander-Hirschowitz: m d >= C(d+l-1, l), yet one short of full rank
-    assert int(e_grid['tangent_rank'][widths.index(defective)]) == lazy.sym_dim(dim, order) - 1
-    assert defective * dim >= lazy.sym_dim(dim, order)
+    assert int(e_grid['tangent_rank'][widths.index(defective)]) == symmetric.sym_dim(dim, order) - 1
+    assert defective * dim >= symmetric.sym_dim(dim, order)
 
 
 def test_power_iteration_finds_lambda_max():
   order, dim, width = 3, 4, 5
-  data = run_data(order, dim, width, width)
-  alg = make(lazy.Lazy, order, dim, width, power_iters=200)
+  alg = make(overparam.lazy, power_iters=200)
+  task = core.Task(order, 'dense', 1)
+  data = run_data(alg, task, dim, width, width)
   p0 = alg.init_params(data)
-  lam = float(alg.lambda_max(p0, data))
-  j = np_jacobian(p0, 'cp', None, width, order)
-  np.testing.assert_allclose(lam, np.linalg.norm(j, 2) ** 2, rtol=1e-8)
+  lam = float(jax.jit(lambda p: alg.lambda_max(task, p, data))(p0))
+  want = np.linalg.norm(np_jacobian(p0, 'cp', None, width, order), 2) ** 2
+  np.testing.assert_allclose(lam, want, rtol=1e-8)
+  # fit reports it, and its step is lr_scale / lambda_max
+  res = overparam.fit(alg, KEY, cp_target(order, dim), width=width, steps=0, eps=0.5)
+  np.testing.assert_allclose(float(res.extras['lambda_max']), want, rtol=1e-8)
+  np.testing.assert_allclose(float(res.extras['step_size']), 1.0 / want, rtol=1e-8)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -342,19 +434,17 @@ def test_alpha_scaled_gd_approaches_lazy_gd():
   """GD on T(W0) + alpha (T(W) - T(W0)) with loss / alpha^2 and lazy GD with the same step and init:
   their models differ by O(1/alpha), and so does the linearization gap."""
   order, dim, width, steps = 3, 4, 4, 60
-  data = run_data(order, dim, width, width)
-  lz = make(lazy.Lazy, order, dim, width, init_scale=0.5, steps=steps)
-  s_lazy = jax.jit(lambda d: _run(lz, d, steps))(data)
-  lr = float(s_lazy.aux['lr'])
-  t_lazy = np.asarray(lz.dense_model(s_lazy, data))
+  t = cp_target(order, dim)
+  lz = overparam.fit(overparam.lazy(init_scale=0.5), KEY, t, width=width, steps=steps, eps=NEVER)
+  lr = float(lz.extras['step_size'])
+  t_lazy = np.asarray(lz.model)
   errs, gaps = [], []
   for alpha in (100.0, 10000.0):
-    gd = algorithms.GD(spec=objectives.Spec(order, 'cp', 'implicit'), dim=dim, bucket=width, steps=steps, lr=lr,
-                       init_scale=0.5, alpha=alpha, eps=1e-300, dtype=F64)
-    s = jax.jit(lambda d: _run(gd, d, steps))(data)
-    c, v = gd.export(s, data)
-    errs.append(np.linalg.norm(np.asarray(tensors.dense_cp(c, v, order)) - t_lazy) / np.linalg.norm(t_lazy))
-    gaps.append(float(gd.extras(s, data)['linearization_gap']))
+    res = overparam.fit(overparam.gd(lr=lr, init_scale=0.5, alpha=alpha), KEY, t, width=width, steps=steps, eps=NEVER)
+    assert int(res.steps) == steps and res.coeffs.shape == (2 * width,)  # T(W0) + alpha (T(W) - T(W0))
+    errs.append(np.linalg.norm(np.asarray(tensors.dense_cp(res.coeffs, res.factors, order)) - t_lazy)
+                / np.linalg.norm(t_lazy))
+    gaps.append(float(res.extras['linearization_gap']))
   assert errs[1] < 1e-3
   np.testing.assert_allclose(errs[0] / errs[1], 100.0, rtol=0.2)
   np.testing.assert_allclose(gaps[0] / gaps[1], 100.0, rtol=0.2)
@@ -382,19 +472,22 @@ def test_memory_refusal_before_anything_is_written(tmp_path):
   with pytest.raises(ConfigError, match=r'lazy_exact program for d=4, widths \[2, 9\] \(2 runs per device, J of 20 x 45 '):
     experiments.run(c, str(tmp_path / 'wd'))
   assert not os.path.exists(tmp_path / 'wd')
-  need = lazy.exact_program_bytes(3, 4, 'cp', 8, (2, 9), 2)  # two seeds
+  need = exact_program_bytes(3, 4, 'cp', 8, (2, 9), 2)  # two seeds
   assert need >= 8 * 2 * (2 * 20 * 45 + 45 * 45)  # J and its copy, the panels' coefficients, per seed
+  programs = planner.plan(c)
+  assert [(p.name, p.widths, p.one) for p in programs] == [('lazy_exact', (2, 9), True)]
+  assert planner.program_bytes(programs[0], 2, 8) == need
   c.memory_gb = need / 2 ** 30
-  memory.check(c)
+  planner.check_memory(c, programs)
   c.memory_gb = 0.99 * need / 2 ** 30
   with pytest.raises(ConfigError, match=r'widths \[2, 9\] .2 runs per device, J of 20 x 45 .C.d\+l-1,l. x params. per seed'):
-    memory.check(c)
+    planner.check_memory(c, programs)
 
 
 @pytest.mark.parametrize('field,value,match', [
-    ('lr_scale', 2.0, r'config.lazy.lr_scale must be < 2.0'),
-    ('momentum', 1.0, r'config.lazy.momentum must be < 1.0'),
-    ('power_iters', 0, r'config.lazy.power_iters must be an integer >= 1'),
+    ('lr_scale', 2.0, r'config.lazy.lr_scale must be a finite number > 0 and < 2, got 2.0$'),
+    ('momentum', 1.0, r'config.lazy.momentum must be a finite number >= 0 and < 1, got 1.0$'),
+    ('power_iters', 0, r'config.lazy.power_iters must be an integer >= 1, got 0$'),
 ])
 def test_lazy_fields_are_validated(field, value, match):
   c = tiny_config()

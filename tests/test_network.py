@@ -13,8 +13,8 @@ import numpy as np
 from numpy.polynomial import hermite_e
 import pytest
 
-from overparam import (algorithms, beyond_lazy, config_lib, errors, experiments, network,
-                       objectives, tensors)
+from overparam import config_lib, core, errors, experiments, network, objectives, planner, rows, targets, tensors
+from overparam.beyond_lazy import BeyondLazy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F64 = jnp.float64
@@ -100,9 +100,8 @@ def test_empirical_loss_gradient_against_finite_differences(parametrization):
   p, signs = _random_model(jax.random.PRNGKey(3), parametrization, 4, dim, order)
   t = tensors.Target(coeffs=jnp.ones(2, F64), factors=tensors.random_unit(jax.random.PRNGKey(2), 2, dim, F64))
   s = network.draw(jax.random.PRNGKey(4), 0, 30, dim, t.coeffs, t.factors, order, 0.1, 1.0, F64)
-  spec = objectives.Spec(order, parametrization, 'samples', 0.0, network.SampleSpec(30))
   mask = jnp.asarray([1.0, 1.0, 1.0, 0.0], F64)
-  loss = jax.jit(lambda q: objectives.objective(q, signs, mask, t, spec, s)[0])
+  loss = jax.jit(lambda q: objectives.objective(q, signs, mask, t, order, parametrization, 'samples', 0.0, s)[0])
   grad = jax.grad(loss)(p)
   flat, unravel = jax.flatten_util.ravel_pytree(p)
   g = jax.flatten_util.ravel_pytree(grad)[0]
@@ -123,7 +122,7 @@ def test_samples_are_nested_in_n_and_online_batches_are_fresh():
   clean = network.draw(key, 0, 10, 4, t.coeffs, t.factors, 3, 0.0, 2.0, F64)
   noise = (small.y - clean.y) / (0.2 * 2.0)  # label_noise ||T*|| xi
   assert 0.3 < float(jnp.std(noise)) < 2.0 and not np.allclose(noise, 0.0)
-  data = algorithms.RunData(None, None, None, None, None, t, jnp.asarray(4.0, F64), None, key)
+  data = core.RunData(None, None, None, None, t, jnp.asarray(4.0, F64), None, samples=None, sample_key=key)
   spec = network.SampleSpec(10, online=True)
   b0 = network.step_samples(data, 0, spec, 3, 4, F64)
   b1 = network.step_samples(data, 1, spec, 3, 4, F64)
@@ -153,13 +152,31 @@ def tiny(**overrides):
   return c
 
 
-def _data(c, alg_name, width, seed=0, bucket=None):
-  dim = c.dims[0]
-  bucket = bucket or width
-  targets = {seed: experiments.make_target(c, dim, seed, None)}
-  alg = experiments.build_algorithm(alg_name, c, dim, bucket)
-  data = experiments.run_data(c, [(width, seed)], targets, bucket, config_lib.resolve_loss(c))
-  return alg, jax.tree.map(lambda x: jnp.asarray(x[0]), data), targets[seed]
+class Run:
+  """One run (width, seed) of `alg_name` under config c, as the sweep builds it: the planner's program
+  (its algorithm value, samples variant included, and task) and its RunData (unbatched); init, step,
+  extras, dense_model, export and loss bound to the task, jitted."""
+
+  def __init__(self, c, alg_name, width, seed=0):
+    c = c.copy_and_resolve_references()
+    c.widths, c.algorithm_widths[alg_name] = (width,), ()
+    prog = next(p for p in planner.plan(c) if p.name == alg_name)
+    assert prog.widths == (width,)
+    self.task, self.target = prog.task, targets.make_target(c, c.dims[0], seed, None)
+    cell = [(width, seed, 0)]
+    self.data = jax.tree.map(lambda x: jnp.asarray(x[0]), planner.run_data(prog, cell, {seed: self.target}))
+    self.alg = jax.tree.map(lambda x: jnp.asarray(x[0]), planner.run_algorithm(prog, cell))
+    alg, task = self.alg, self.task
+    self.init = jax.jit(lambda d: alg.init(task, d))
+    self.extras = jax.jit(lambda s, d: alg.extras(task, s, d))
+    self.dense_model = jax.jit(lambda s, d: alg.dense_model(task, s, d))
+    self.export = jax.jit(lambda s, d: alg.export(task, s, d))
+
+  def run(self, steps, data=None):
+    """The state after `steps` steps from init (a finished run stays as it is)."""
+    alg, task = self.alg, self.task
+    return jax.jit(lambda d: jax.lax.fori_loop(0, steps, lambda _, s: alg.step(task, s, d), alg.init(task, d)))(
+        self.data if data is None else data)
 
 
 def np_output_jacobian(coeffs, factors, x, order):
@@ -173,22 +190,26 @@ def np_output_jacobian(coeffs, factors, x, order):
 @pytest.mark.parametrize('num_samples', [12, 45])  # fewer and more samples than parameters (24)
 def test_lazy_exact_on_samples_is_numpy_min_norm_least_squares(num_samples):
   c = tiny(algorithms=('lazy_exact',), num_samples=num_samples, dims=(5,), label_noise=0.1, init_scale=0.8)
-  alg, data, _ = _data(c, 'lazy_exact', 4)
-  state = alg.init(data)
+  run = Run(c, 'lazy_exact', 4)
+  data = run.data
+  assert run.task.loss == 'samples' and type(run.alg).__name__ == 'LazyExactSamples'
+  state = run.init(data)
+  assert int(state.status) == core.STOPPED
   p0 = jax.tree.map(np.asarray, state.params0)
   x, y = np.asarray(data.samples.x), np.asarray(data.samples.y)
+  assert x.shape == (num_samples, 5)
   jac = np_output_jacobian(p0['coeffs'], p0['factors'], x, 3)
   f0 = np.stack([np_neuron(u, x, 3) for u in p0['factors']], axis=1) @ p0['coeffs']
   delta = np.linalg.lstsq(jac, y - f0, rcond=None)[0]
   got = jax.flatten_util.ravel_pytree(jax.tree.map(jnp.subtract, state.params, state.params0))[0]
   np.testing.assert_allclose(got, delta, rtol=1e-7, atol=1e-9)
-  ex = alg.extras(state, data)
+  ex = run.extras(state, data)
   assert int(ex['feature_rank']) == min(num_samples, 4 * 5)  # cp: c_i and the scale of u_i are one direction
   fit = f0 + jac @ delta
   np.testing.assert_allclose(ex['train_error'], np.sqrt(np.mean((fit - y) ** 2) / float(data.target_sq)),
                              rtol=1e-6, atol=1e-12)
   # the learned predictor is the tensor T_lin: <T_lin, H_3(x)> = (T(x, x, x) - 3 T(x, I)) / sqrt(6)
-  t_lin = np.asarray(alg.dense_model(state, data))
+  t_lin = np.asarray(run.dense_model(state, data))
   h3 = (np.einsum('ijk,ni,nj,nk->n', t_lin, x, x, x) - 3 * np.einsum('ijj,ni->n', t_lin, x)) / math.sqrt(6)
   np.testing.assert_allclose(h3, fit, rtol=1e-8, atol=1e-10)
 
@@ -198,42 +219,43 @@ def test_lazy_exact_on_samples_recovers_t_star_from_enough_samples():
   """Above the lazy width and with n >= C(d+2, 3) noise-free samples the kernel regression is exact;
   with symmetric init the learned tensor is J dW (T(W0) = 0)."""
   c = tiny(algorithms=('lazy_exact',), num_samples=60, dims=(4,), **{'lazy.symmetric_init': True})
-  alg, data, target = _data(c, 'lazy_exact', 10)
-  state = alg.init(data)
-  rel = experiments._rel_error_dense(np.asarray(alg.dense_model(state, data)), target, 3)
+  run = Run(c, 'lazy_exact', 10)
+  state = run.init(run.data)
+  rel = rows._rel_error_dense(np.asarray(run.dense_model(state, run.data)), run.target, 3)
   assert rel < 1e-8
   c2 = tiny(algorithms=('lazy_exact',), num_samples=12, dims=(4,), **{'lazy.symmetric_init': True})
-  alg2, data2, _ = _data(c2, 'lazy_exact', 10)
-  state2 = alg2.init(data2)
-  assert experiments._rel_error_dense(np.asarray(alg2.dense_model(state2, data2)), target, 3) > 0.1
-  assert float(alg2.extras(state2, data2)['train_error']) < 1e-8  # it interpolates the 12 points
+  run2 = Run(c2, 'lazy_exact', 10)
+  state2 = run2.init(run2.data)
+  assert rows._rel_error_dense(np.asarray(run2.dense_model(state2, run2.data)), run.target, 3) > 0.1
+  assert float(run2.extras(state2, run2.data)['train_error']) < 1e-8  # it interpolates the 12 points
 
 
 @pytest.mark.slow
 def test_lazy_gd_on_samples_approaches_lazy_exact():
   c = tiny(algorithms=('lazy', 'lazy_exact'), num_samples=30, steps=3000, init_scale=0.8,
            **{'lazy.momentum': 0.9})
-  lazy_alg, data, target = _data(c, 'lazy', 4)
-  exact_alg, _, _ = _data(c, 'lazy_exact', 4)
-  s = lazy_alg.init(data)
-  s = jax.lax.fori_loop(0, 3000, lambda _, st: lazy_alg.step(st, data), s)
-  e = exact_alg.init(data)
-  np.testing.assert_allclose(lazy_alg.dense_model(s, data), exact_alg.dense_model(e, data), atol=2e-3)
-  np.testing.assert_allclose(lazy_alg.extras(s, data)['train_error'], exact_alg.extras(e, data)['train_error'],
+  lz = Run(c, 'lazy', 4)
+  exact = Run(c, 'lazy_exact', 4)
+  assert type(lz.alg).__name__ == 'LazySamples'
+  s = lz.run(3000)
+  e = exact.init(lz.data)
+  np.testing.assert_allclose(lz.dense_model(s, lz.data), exact.dense_model(e, lz.data), atol=2e-3)
+  np.testing.assert_allclose(lz.extras(s, lz.data)['train_error'], exact.extras(e, lz.data)['train_error'],
                              rtol=1e-3)  # n = 30 > rank J_F = 20: both reach the same least-squares residual
 
 
 @pytest.mark.slow
 def test_beyond_lazy_labels_are_normalized_like_its_target():
   c = tiny(algorithms=('beyond_lazy',), label_noise=0.05)
-  alg, data, _ = _data(c, 'beyond_lazy', 3)
-  state = alg.init(data)
-  state = jax.lax.fori_loop(0, 30, lambda _, s: alg.step(s, data), state)
-  _, dl = alg.loss(state.params, data)  # normalized units
-  c_raw, v = alg.export(state, data)
+  run = Run(c, 'beyond_lazy', 3)
+  alg, task, data = run.alg, run.task, run.data
+  assert isinstance(alg, BeyondLazy)
+  state = run.run(30)
+  assert int(state.step) == 30
+  _, dl = jax.jit(lambda p: alg.loss(task, p, data))(state.params)  # normalized units
+  c_raw, v = run.export(state, data)
   raw = network.sample_loss(c_raw, v, data.samples, 3)
   np.testing.assert_allclose(dl * data.target_sq, raw, rtol=1e-10)
-  assert isinstance(alg, beyond_lazy.BeyondLazy)
 
 
 def test_config_errors_for_samples():
@@ -340,12 +362,13 @@ def test_num_samples_axis_equals_separate_runs_and_gives_n_star(tmp_path):
 
 
 def test_lazy_exact_on_samples_memory_is_estimated_and_refused():
-  from overparam import memory  # noqa: PLC0415
   c = tiny(algorithms=('lazy_exact',), num_samples=5000, widths=(40,), dims=(20,))
-  need = memory.program_bytes('lazy_exact', c, 20, 40, 2, 1)
+  programs = planner.plan(c)
+  assert len(programs) == 1 and not programs[0].one  # on samples: one program per bucket, runs = cells
+  need = planner.program_bytes(programs[0], 1, 8)
   assert need >= 8 * 5 * 5000 * 40 * 21  # 5 n P float64 words: J_F (n, P), its Gram matrix, eigenvectors
   c.memory_gb = need / 2 ** 30 / 2
   with pytest.raises(errors.ConfigError, match=r'J_F of 5000 x 840 \(num_samples x params\)'):
-    memory.check(c)
+    planner.check_memory(c, programs)
   c.memory_gb = 2 * need * c.num_seeds / 2 ** 30
-  memory.check(c)
+  planner.check_memory(c, programs)

@@ -32,8 +32,7 @@ def test_dense_and_implicit_agree_value_and_grad(order, parametrization):
   mask = jnp.array([1.0, 1.0, 1.0, 0.0])
   vals = {}
   for loss in objectives.LOSSES:
-    spec = objectives.Spec(order, parametrization, loss, reg=0.1)
-    f = lambda p: objectives.objective(p, signs, mask, target, spec)[0]
+    f = lambda p, loss=loss: objectives.objective(p, signs, mask, target, order, parametrization, loss, 0.1)[0]
     vals[loss] = jax.value_and_grad(f)(params)
   (vd, gd), (vi, gi) = vals['dense'], vals['implicit']
   np.testing.assert_allclose(float(vd), float(vi), rtol=1e-10)
@@ -64,8 +63,7 @@ def test_homogeneous_is_two_homogeneous_and_safe_at_zero():
   np.testing.assert_allclose(np.asarray(tensors.dense_cp(c2, v2, 3)),
                              9.0 * np.asarray(tensors.dense_cp(c1, v1, 3)), rtol=1e-12)
   zero = {'factors': params['factors'].at[0].set(0.0)}
-  spec = objectives.Spec(3, 'homogeneous', 'implicit', reg=0.1)
-  g = jax.grad(lambda p: objectives.objective(p, signs, jnp.ones(4), target, spec)[0])(zero)
+  g = jax.grad(lambda p: objectives.objective(p, signs, jnp.ones(4), target, 3, 'homogeneous', 'implicit', 0.1)[0])(zero)
   assert np.all(np.isfinite(np.asarray(g['factors'])))
   np.testing.assert_allclose(np.asarray(g['factors'][0]), 0.0, atol=1e-300)
 
@@ -75,12 +73,11 @@ def test_homogeneous_is_two_homogeneous_and_safe_at_zero():
 def test_gradient_matches_central_differences(parametrization, loss):
   order = 3
   params, signs, target = _problem(order, parametrization, seed=4)
-  spec = objectives.Spec(order, parametrization, loss, reg=0.05)
   mask = jnp.ones(4)
+  obj = lambda p: objectives.objective(p, signs, mask, target, order, parametrization, loss, 0.05)[0]
   flat, unravel = jax.flatten_util.ravel_pytree(params)
-  f = lambda x: float(objectives.objective(unravel(jnp.asarray(x)), signs, mask, target, spec)[0])
-  g = np.asarray(jax.flatten_util.ravel_pytree(
-      jax.grad(lambda p: objectives.objective(p, signs, mask, target, spec)[0])(params))[0])
+  f = lambda x: float(obj(unravel(jnp.asarray(x))))
+  g = np.asarray(jax.flatten_util.ravel_pytree(jax.grad(obj)(params))[0])
   x0, h = np.asarray(flat), 1e-6
   fd = np.array([(f(x0 + h * e) - f(x0 - h * e)) / (2 * h) for e in np.eye(x0.size)])
   np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
@@ -88,12 +85,12 @@ def test_gradient_matches_central_differences(parametrization, loss):
 
 def test_mask_drops_components_exactly():
   params, signs, target = _problem(3, 'cp')
-  spec = objectives.Spec(3, 'cp', 'implicit', reg=0.2)
   mask = jnp.array([1.0, 1.0, 0.0, 0.0])
-  full = objectives.objective(params, signs, mask, target, spec)[0]
+  full = objectives.objective(params, signs, mask, target, 3, 'cp', 'implicit', 0.2)[0]
   head = jax.tree.map(lambda x: x[:2], params)
-  np.testing.assert_allclose(float(full), float(objectives.objective(head, signs[:2], jnp.ones(2), target, spec)[0]),
-                             rtol=1e-13)
+  np.testing.assert_allclose(
+      float(full), float(objectives.objective(head, signs[:2], jnp.ones(2), target, 3, 'cp', 'implicit', 0.2)[0]),
+      rtol=1e-13)
 
 
 def test_init_prefix_property():
@@ -115,10 +112,16 @@ def test_rel_error_f64_dense_and_implicit_paths_agree(order):
   want /= np.linalg.norm(np_outer_cp(np.asarray(target.coeffs), np.asarray(target.factors), order))
   np.testing.assert_allclose(dense, want, rtol=1e-12)
   np.testing.assert_allclose(implicit, want, rtol=1e-9)
+  # the jittable objectives.rel_error: the dense residual (small d^l, or a dense T*) and the Gram form
+  jit_rel = jax.jit(objectives.rel_error, static_argnums=(3, 4))
+  np.testing.assert_allclose(float(jit_rel(c, v, target, order, 1 << 22)), want, rtol=1e-12)
+  np.testing.assert_allclose(float(jit_rel(c, v, target, order, 0)), want, rtol=1e-9)
+  dense_t = tensors.Target(dense=tensors.dense_cp(target.coeffs, target.factors, order))
+  np.testing.assert_allclose(float(jit_rel(c, v, dense_t, order, 0)), want, rtol=1e-12)
 
 
 def test_implicit_loss_refuses_dense_target():
   params, signs, target = _problem(3, 'cp')
   dense_target = tensors.Target(dense=tensors.dense_cp(target.coeffs, target.factors, 3))
   with pytest.raises(ValueError, match='factored'):
-    objectives.objective(params, signs, jnp.ones(4), dense_target, objectives.Spec(3, 'cp', 'implicit'))
+    objectives.objective(params, signs, jnp.ones(4), dense_target, 3, 'cp', 'implicit', 0.0)

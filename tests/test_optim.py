@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from overparam import config_lib, experiments, optim
+import overparam
+from overparam import config_lib, experiments, optim, planner, targets
 from overparam.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,19 +28,33 @@ def tiny(**kw):
 
 
 def one_run(c):
-  """(algorithm, RunData) of one width-3 run of seed 0."""
-  alg = experiments.build_algorithm(c.algorithms[0], c, 4, 3)
-  t = experiments.make_target(c, 4, 0, None)
-  data = jax.tree.map(lambda x: x[0], experiments.run_data(c, [(3, 0)], {0: t}, 3, config_lib.resolve_loss(c)))
-  return alg, data
+  """(algorithm, task, RunData, T*) of the width-3 run of seed 0, as the sweep builds them from the config."""
+  prog = planner.plan(c)[0]
+  t = targets.make_target(c, 4, 0, None)
+  data = jax.tree.map(lambda x: x[0], planner.run_data(prog, [(3, 0, 0)], {0: t}))
+  alg = jax.tree.map(lambda x: x[0], planner.run_algorithm(prog, [(3, 0, 0)]))
+  return alg, prog.task, data, t
 
 
-def grads(alg, state, data):
-  return jax.grad(lambda p: alg.loss(p, state.params0, data)[0])(state.params)
+def grads(alg, task, state, data):
+  return jax.jit(jax.grad(lambda p, p0: alg.loss(task, p, p0, data)[0]))(state.params, state.params0)
+
+
+def stepper(alg, task, data):
+  """(init, step) of one run, jitted."""
+  return jax.jit(lambda: alg.init(task, data)), jax.jit(lambda s: alg.step(task, s, data))
 
 
 def leaves(tree):
   return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def fit_params(alg, c, t, steps):
+  """The parameters after `steps` steps of overparam.fit on the same run (seed 0's key, width 3)."""
+  res = overparam.fit(alg, jax.random.PRNGKey(0), overparam.CPTensor(t.coeffs, t.factors, c.order), width=3,
+                      steps=steps, eps=c.eps)
+  assert int(res.steps) == steps
+  return leaves(res.params)
 
 
 @pytest.mark.slow
@@ -48,19 +63,23 @@ def test_adamw_by_name_equals_the_formula():
   lr, b1, b2, eps, wd = 0.05, 0.9, 0.999, 1e-8, 0.01
   c = tiny(optimizer='adamw', lr=lr)
   c.optimizer_kwargs = {'weight_decay': wd}
-  alg, data = one_run(c)
-  state = alg.init(data)
+  alg, task, data, target = one_run(c)
+  assert alg.optimizer == optim.Optimizer('adamw', (('weight_decay', wd),), 'constant', ())
+  init, step = stepper(alg, task, data)
+  state = init()
   w = leaves(state.params)
   m = [np.zeros_like(x) for x in w]
   v = [np.zeros_like(x) for x in w]
   for t in (1, 2):
-    g = leaves(grads(alg, state, data))
-    state = alg.step(state, data)
+    g = leaves(grads(alg, task, state, data))
+    state = step(state)
     m = [b1 * a + (1 - b1) * x for a, x in zip(m, g)]
     v = [b2 * a + (1 - b2) * x * x for a, x in zip(v, g)]
     w = [x - lr * ((a / (1 - b1 ** t)) / (np.sqrt(s / (1 - b2 ** t)) + eps) + wd * x) for x, a, s in zip(w, m, v)]
     for got, want in zip(leaves(state.params), w):
       np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
+  for got, want in zip(fit_params(alg, c, target, 2), w):  # overparam.fit runs the same two steps
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize('schedule, kwargs, expected', [
@@ -76,18 +95,28 @@ def test_schedule_lr_sequence(schedule, kwargs, expected):
   optim.check('sgd', {}, schedule, kwargs, n)
   fn = optim.schedule_fn(schedule, lr, n, optim.as_items(kwargs))
   got = [float(fn(t)) if callable(fn) else fn for t in range(n + 2)]
-  np.testing.assert_allclose(got, [expected(t, lr, n) for t in range(n + 2)], rtol=1e-6, atol=1e-12)
+  want = [expected(t, lr, n) for t in range(n + 2)]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+
+  def traced(lr):  # lr is a traced leaf of the algorithm under fit's jit and the engine's vmap
+    f = optim.schedule_fn(schedule, lr, n, optim.as_items(kwargs))
+    return jax.numpy.stack([f(t) if callable(f) else f for t in range(n + 2)])
+  np.testing.assert_allclose(np.asarray(jax.jit(traced)(lr)), want, rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(jax.vmap(traced)(jax.numpy.asarray([lr, 2 * lr])))[1],
+                             [expected(t, 2 * lr, n) for t in range(n + 2)], rtol=1e-6, atol=1e-12)
 
 
 def test_gd_with_a_schedule_takes_the_scheduled_steps():
   """sgd + linear schedule: W_{t+1} = W_t - lr_t g(W_t), lr_t = lr (1 - t / steps), by hand."""
   c = tiny(schedule='linear')
-  alg, data = one_run(c)
-  state = alg.init(data)
+  alg, task, data, _ = one_run(c)
+  assert task.steps == c.steps  # the schedule's horizon is the step budget
+  init, step = stepper(alg, task, data)
+  state = init()
   w = leaves(state.params)
   for t in range(3):
-    g = leaves(grads(alg, state, data))
-    state = alg.step(state, data)
+    g = leaves(grads(alg, task, state, data))
+    state = step(state)
     w = [x - c.lr * (1 - t / c.steps) * y for x, y in zip(w, g)]
     for got, want in zip(leaves(state.params), w):  # optax evaluates lr_t from an int32 count in float32
       np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
@@ -102,7 +131,7 @@ def test_every_algorithm_with_a_step_size_takes_the_optimizer(tmp_path):
   assert {r['algorithm'] for r in rows} == {'gd', 'beyond_lazy', 'lazy'}
   assert all(r['status'] != 'diverged' for r in rows)
   for name in ('beyond_lazy', 'lazy'):
-    alg = experiments.build_algorithm(name, c, 4, 3)
+    alg = config_lib.algorithm_of(c, name)
     assert alg.optimizer == optim.Optimizer('adam', (), 'cosine', ())
 
 
@@ -131,7 +160,7 @@ def test_bad_schedule_arguments():
     config_lib.validate(c)
   c = tiny(algorithms=('lazy',), optimizer='adam')
   c.lazy.momentum = 0.9
-  with pytest.raises(ConfigError, match='config.lazy.momentum applies to optimizer=sgd only'):
+  with pytest.raises(ConfigError, match=r"config.lazy.momentum must be 0 for optimizer 'adam' \(momentum applies to sgd"):
     config_lib.validate(c)
 
 

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from overparam import algorithms, config_lib, experiments, sweep
+from overparam import config_lib, core, engine, experiments, planner, results, rows, targets
 from tests.support import finish, launch, load_rows, tiny_config
 
 NUMERIC = ('rel_error', 'steps', 'movement', 'status', 'recovered_fraction', 'max_cos')
@@ -27,18 +27,30 @@ def assert_same_results(a, b):
 
 def test_bucket_widths_pad_at_most_2x():
   widths = (4, 8, 12, 16, 24, 32, 48, 64, 3, 5)
-  buckets = sweep.bucket_widths(widths)
+  buckets = planner.bucket_widths(widths)
   assert sorted(w for b in buckets for w in b) == sorted(set(widths))
   for b in buckets:
     assert max(b) <= 2 * min(b)
-  assert sweep.bucket_widths((4, 8, 12, 16, 24, 32, 48, 64)) == [[4, 8], [12, 16, 24], [32, 48, 64]]
+  assert planner.bucket_widths((4, 8, 12, 16, 24, 32, 48, 64)) == [[4, 8], [12, 16, 24], [32, 48, 64]]
+  c = tiny_config(widths=widths)
+  assert [p.widths for p in planner.plan(c)] == [tuple(b) for b in buckets]  # one gd program per bucket
 
 
-def _program(c, cells, bucket):
-  targets = {s: experiments.make_target(c, c.dims[0], s, None) for s in {s for _, s in cells}}
-  alg = experiments.build_algorithm('gd', c, c.dims[0], bucket)
-  data = experiments.run_data(c, cells, targets, bucket, config_lib.resolve_loss(c))
-  return sweep.run_program(alg, data, cells, chunk_steps=config_lib.chunk_of(c))
+def _gd_program(c, bucket):
+  """The planner's gd program of config c, its bucket set to `bucket`."""
+  prog = planner.plan(c)[0]
+  assert prog.name == 'gd'
+  return prog._replace(widths=(bucket,))
+
+
+def _program(c, cells, bucket, seed_targets=None):
+  """engine.run_program of the cells [(width, seed)] in one gd program of width bucket `bucket`."""
+  prog = _gd_program(c, bucket)
+  runs = [(m, s, 0) for m, s in cells]
+  seed_targets = seed_targets or {s: targets.make_target(c, c.dims[0], s, None) for _, s in cells}
+  data = planner.run_data(prog, runs, seed_targets)
+  return prog, runs, engine.run_program(planner.run_algorithm(prog, runs), prog.task, data, runs,
+                                        chunk_steps=config_lib.chunk_of(c))
 
 
 @pytest.mark.slow
@@ -46,9 +58,10 @@ def _program(c, cells, bucket):
 def test_padded_run_equals_unpadded_run(parametrization):
   """(m=3, seed) inside a bucket of width 5 with other widths and seeds == a lone width-3 run."""
   c = tiny_config(x64=True, parametrization=parametrization, reg=0.01)
-  batched = _program(c, [(3, 0), (5, 0), (3, 1), (4, 1)], bucket=5)
+  _, _, batched = _program(c, [(3, 0), (5, 0), (3, 1), (4, 1)], bucket=5)
+  assert batched.exported[0].shape == (4, 5)
   for i, (m, s) in [(0, (3, 0)), (2, (3, 1))]:
-    alone = _program(c, [(m, s)], bucket=3)
+    _, _, alone = _program(c, [(m, s)], bucket=3)
     np.testing.assert_allclose(batched.exported[0][i][:3], alone.exported[0][0], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(batched.exported[1][i][:3], alone.exported[1][0], rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(batched.exported[0][i][3:], 0.0)  # padding stays switched off
@@ -59,18 +72,18 @@ def test_padded_run_equals_unpadded_run(parametrization):
 @pytest.mark.slow
 def test_divergence_is_marked_and_other_runs_go_on(tmp_path):
   c = tiny_config(lr=0.05)
-  cells = [(3, 0), (3, 1)]
-  targets = {s: experiments.make_target(c, 6, s, None) for s in (0, 1)}
-  targets[1] = targets[1]._replace(coeffs=targets[1].coeffs * 1e4)  # lr far beyond stability
-  alg = experiments.build_algorithm('gd', c, 6, 3)
-  out = sweep.run_program(alg, experiments.run_data(c, cells, targets, 3, 'implicit'), cells, chunk_steps=30)
-  assert out.state.status[1] == algorithms.DIVERGED
-  assert out.state.status[0] != algorithms.DIVERGED and out.state.step[0] > out.state.step[1]
-  wd = experiments.results.Workdir(str(tmp_path))
+  seed_targets = {s: targets.make_target(c, 6, s, None) for s in (0, 1)}
+  seed_targets[1] = seed_targets[1]._replace(coeffs=seed_targets[1].coeffs * 1e4)  # lr far beyond stability
+  prog, runs, out = _program(c, [(3, 0), (3, 1)], 3, seed_targets)
+  assert prog.task.loss == 'implicit'
+  assert out.state.status[1] == core.DIVERGED
+  assert out.state.status[0] != core.DIVERGED and out.state.step[0] > out.state.step[1]
+  wd = results.Workdir(str(tmp_path))
   wd.prepare()
-  rows = experiments.finalize(c, 'gd', 6, cells, 3, out, targets, wd, True)
-  assert rows[1]['status'] == 'diverged' and rows[1]['rel_error'] is None and rows[1]['params_file'] is None
-  assert rows[0]['status'] in ('converged', 'max_steps') and np.isfinite(rows[0]['rel_error'])
+  got = rows.finalize(prog, runs, out, seed_targets, wd, True)
+  assert got[1]['status'] == 'diverged' and got[1]['rel_error'] is None and got[1]['params_file'] is None
+  assert got[0]['status'] in ('converged', 'max_steps') and np.isfinite(got[0]['rel_error'])
+  assert got[0]['params_file'] is not None and os.path.exists(os.path.join(str(tmp_path), got[0]['params_file']))
 
 
 class Crash(Exception):

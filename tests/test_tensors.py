@@ -65,6 +65,21 @@ def test_cp_residual_sq_custom_jvp_matches_autodiff(order):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11)
 
 
+def test_cp_tensor_is_a_pytree_of_its_factors_with_a_static_order():
+  """overparam.CPTensor: dense() is the oracle's tensor; coeffs and factors are its leaves (order is
+  static), so a stack of them vmaps."""
+  rng = np.random.default_rng(5)
+  c, v = rng.normal(size=(2, 3)), rng.normal(size=(2, 3, 4))
+  t = tensors.CPTensor(jnp.asarray(c[0]), jnp.asarray(v[0]), 3)
+  np.testing.assert_allclose(np.asarray(t.dense()), np_outer_cp(c[0], v[0], 3), rtol=1e-12, atol=1e-12)
+  leaves, treedef = jax.tree.flatten(t)
+  assert len(leaves) == 2 and jax.tree.unflatten(treedef, leaves).order == 3
+  stacked = tensors.CPTensor(jnp.asarray(c), jnp.asarray(v), 4)
+  got = np.asarray(jax.vmap(lambda x: x.dense())(stacked))
+  for i in range(2):
+    np.testing.assert_allclose(got[i], np_outer_cp(c[i], v[i], 4), rtol=1e-12, atol=1e-12)
+
+
 def test_dense_cp_rejects_bad_shapes():
   with pytest.raises(AssertionError):
     tensors.dense_cp(jnp.ones((3,)), jnp.ones((4, 5)), 3)
