@@ -18,11 +18,11 @@ import jax.numpy as jnp
 from absl import logging
 import ml_collections
 
-from overparam import algorithms, checks, core, network, objectives, optim, registry, tensors
+from overparam import algorithms, core, gradient_descent, network, objectives, optim, registry, tensors
 from overparam.errors import ArgumentError, ConfigError
 
 LOSSES = ('auto',) + core.LOSSES
-SIGNS = algorithms._gd.SIGNS  # noqa: SLF001 - the signs the algorithms accept
+SIGNS = gradient_descent.SIGNS  # the signs the algorithms accept
 # Numeric fields that cannot be cell axes, and why.
 NOT_AXES = {
     'dims': 'd is an axis of every sweep', 'widths': 'the width is an axis of every sweep',
@@ -94,8 +94,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.label_noise = 0.0
   c.online = False
   c.train_eps = 0.0
-  # One sub-dict per algorithm that declares defaults (config.lazy: overparam/lazy.py;
-  # config.beyond_lazy: overparam/beyond_lazy.py).
+  # One sub-dict per algorithm that declares defaults (config.lazy: overparam/linearized.py;
+  # config.beyond_lazy: overparam/beyond_lazy_gd.py).
   for spec in registry.specs():
     own = spec.subconfig_defaults()
     if own is not None:

@@ -155,7 +155,7 @@ class Outcome(NamedTuple):
 def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
-                on_chunk: Optional[Callable[[int], None]] = None, init_state=None, log=logging.info):
+                on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0):
   """Runs every cell of one program to completion.
 
   alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
@@ -188,9 +188,9 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     if got is not None:
       state, start = to_global(got[0], sharding), got[2]
       traces = [got[1]] if got[1] else []
-      log('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
+      logging.info('%s: resumed from checkpoint after %d/%d chunks', label, start, n_chunks)
   joined = lambda: {k: np.concatenate([t[k] for t in traces], axis=1) for k in (traces[0] if traces else {})}
-  last_ckpt = time.time()
+  last_ckpt = last_log = time.time()
   ran = init_state is None and start == 0  # computed here (by init at least): checkpoint the final state
   status, steps = to_host((state.status, state.step))
   for k in range(start, n_chunks):
@@ -207,9 +207,12 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     done = k + 1
     elapsed = time.time() - t0
     eta = elapsed / max(done - start, 1) * (n_chunks - done)
-    log('%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, ETA %.1fs',
-        label, done, n_chunks, min(done * chunk_steps, task.steps), task.steps,
-        int(live.sum()), n, elapsed, eta if live.any() else 0.0)
+    loud = time.time() - last_log >= progress_every_s and live.any()
+    logging.log(logging.INFO if loud else logging.DEBUG, '%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, '
+                'ETA %.1fs', label, done, n_chunks, min(done * chunk_steps, task.steps), task.steps, int(live.sum()), n,
+                elapsed, eta if live.any() else 0.0)
+    if loud:
+      last_log = time.time()
     if not live.any():
       break
     if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:

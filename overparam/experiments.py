@@ -98,10 +98,15 @@ def plot_only(workdir: str) -> List[str]:
 
 
 def _phase(msg: str, *args):
-  """Logs the start of a phase that may take a while; returns a function logging its end."""
+  """Logs (at verbosity 1: `launch.py -v 1`) the start of a phase; returns a function logging its end,
+  at the default level when it took more than 10 s."""
   t0 = time.time()
-  logging.info(msg + '...', *args)
-  return lambda: logging.info(msg + ': done in %.1fs', *args, time.time() - t0)
+  logging.vlog(1, msg + '...', *args)
+
+  def end():
+    took = time.time() - t0
+    logging.log(logging.INFO if took > 10 else logging.DEBUG, msg + ': done in %.1fs', *args, took)
+  return end
 
 
 def run(c: ml_collections.ConfigDict, workdir: str,

@@ -12,7 +12,7 @@ import pytest
 
 import overparam
 from overparam import config_lib, core, engine, experiments, metrics, objectives, targets, tensors
-from overparam.beyond_lazy import epoch_length_of
+from overparam.beyond_lazy_gd import epoch_length_of
 from overparam.errors import ConfigError
 
 F64 = jnp.float64

@@ -1,4 +1,4 @@
-"""The lazy regime (overparam/lazy.py) against independent numpy computations.
+"""The lazy regime (overparam/linearized.py) against independent numpy computations.
 
 Jacobian and rank against a numpy Jacobian written from the derivative formulas; the linearization
 against finite differences; GD on T_lin against the exact min-norm solution; alpha-scaled GD against
@@ -19,8 +19,8 @@ import pytest
 import overparam
 from overparam import analysis, config_lib, core, experiments, lstsq, objectives, planner, results, symmetric, tensors
 from overparam.fitting import run_data as fit_run_data
-from overparam.gd import linearization_gap  # (overparam.gd and overparam.lazy are the constructors)
-from overparam.lazy import exact_program_bytes
+from overparam.gradient_descent import linearization_gap
+from overparam.linearized import exact_program_bytes
 from overparam.errors import ConfigError
 
 from tests.support import np_outer_cp

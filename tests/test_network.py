@@ -1,4 +1,4 @@
-"""The network view (overparam/network.py, lazy_samples.py, loss=samples): the Hermite identity, the
+"""The network view (overparam/network.py, linearized_samples.py, loss=samples): the Hermite identity, the
 empirical loss and its gradient, the lazy arms on samples against numpy, reproducibility."""
 
 import json
@@ -14,7 +14,7 @@ from numpy.polynomial import hermite_e
 import pytest
 
 from overparam import config_lib, core, errors, experiments, network, objectives, planner, rows, targets, tensors
-from overparam.beyond_lazy import BeyondLazy
+from overparam.beyond_lazy_gd import BeyondLazy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F64 = jnp.float64

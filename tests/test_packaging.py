@@ -19,9 +19,9 @@ PKG = os.path.join(ROOT, 'overparam')
 LAYERS = [
     {'errors', 'checks', 'tensors', 'symmetric', 'lstsq', 'network', 'objectives', 'metrics', 'optim',
      'memory', 'registry', 'analysis', 'compile_cache'},                   # math, containers, pure helpers
-    {'core', 'gd', 'beyond_lazy', 'lazy', 'lazy_samples', 'algorithms', 'inputs', 'model', 'fitting',
-     'decomposition'},                                                     # the library: algorithms and fit
-    {'config_lib', 'targets', 'planner', 'results', 'engine', 'rows', 'plots', 'experiments', 'api'},  # the workdir engine
+    {'core', 'gradient_descent', 'beyond_lazy_gd', 'linearized', 'linearized_samples', 'algorithms', 'inputs', 'model',
+     'fitting', 'decomposition'},                                                     # the library: algorithms and fit
+    {'config_lib', 'targets', 'planner', 'results', 'engine', 'rows', 'plots', 'report', 'experiments', 'api'},  # the engine
 ]
 # Modules that must not import the config, the store or the engine (the math and the library).
 NO_CONFIG = LAYERS[0] | LAYERS[1]

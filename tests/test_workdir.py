@@ -336,10 +336,14 @@ def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):
 
 # ---- 8. phases are logged; a kill while finishing loses nothing ---------------------------------------
 
-def test_long_phases_are_logged(finished):
+def test_log_is_compact_and_verbose_on_demand(finished, tmp_path):
+  """By default one line per program (no per-phase or per-chunk lines); with -v 1 every phase."""
   err = finished[1]
-  for phase in ('building targets', 'finishing', 'drawing figures'):
-    assert phase in err, phase
+  assert 'runs in' in err and 'finishing' not in err and 'chunk 1/' not in err
+  rc, verbose = run(str(tmp_path / 'v'), '-v', '1')
+  assert rc == 0, verbose[-2000:]
+  for phase in ('building targets', 'finishing', 'drawing figures', 'chunk 1/'):
+    assert phase in verbose, phase
 
 
 class Crash(Exception):

@@ -65,7 +65,7 @@ import jax.numpy as jnp
 
 from overparam import checks, core, memory, network, objectives, optim, tensors
 from overparam.core import RunData, RunState, Task
-from overparam.gd import SIGNS
+from overparam.gradient_descent import SIGNS
 
 
 class Aux(NamedTuple):

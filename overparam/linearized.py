@@ -34,7 +34,7 @@ The linearized model at the random init W0 is T_lin(W) = T(W0) + J_{W0} (W - W0)
 Neither model is a CP tensor: both implement `dense_model` (the (d,)*l tensor T_lin(W)) and no
 `export`. Both report `linearization_gap` = ||T(W) - T_lin(W)|| / ||T*|| in their extras. The dense
 d^l tensor is used throughout (lazy widths are ~ d^{l-1}, so d stays small): the task's loss kind
-(dense or implicit) does not apply; loss = 'samples' is overparam/lazy_samples.py.
+(dense or implicit) does not apply; loss = 'samples' is overparam/linearized_samples.py.
 """
 
 import dataclasses
@@ -48,7 +48,7 @@ import optax
 
 from overparam import checks, core, lstsq, memory, objectives, optim, tensors
 from overparam.core import RunData, RunState, Task
-from overparam.gd import SIGNS
+from overparam.gradient_descent import SIGNS
 from overparam.symmetric import sym_basis, sym_dim, to_unique
 
 # ----------------------------------------------------------------------------------------------

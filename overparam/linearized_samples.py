@@ -1,20 +1,20 @@
 """The lazy (NTK) regime learning from samples: the network linearized at its init, on the training set.
 
-The model is lazy.py's (same init W0, symmetric_init, ntk_scaling); the data are loss = 'samples'
+The model is linearized.py's (same init W0, symmetric_init, ntk_scaling); the data are loss = 'samples'
 (overparam/network.py). With F(W) = (f_{T(W)}(x_k))_k in R^n the network's outputs on the n training
 points and its linearization F_lin(W) = F(W0) + J_F (W - W0) (jax.linearize, O(n m d) per product):
 
   `lazy` (LazySamples)            GD on 1/(2n) ||F_lin(W) - y||^2 from W0, step lr_scale / lambda_max,
                                   lambda_max of (1/n) J_F^T J_F by power iteration (optional Nesterov
-                                  momentum), as lazy.Lazy does for the tensor loss.
+                                  momentum), as linearized.Lazy does for the tensor loss.
   `lazy_exact` (LazyExactSamples) its limit, the min-norm least-squares solution
                                   W* = W0 + J_F^+ (y - F(W0)): kernel regression with the network's
                                   tangent kernel K(x, x') = J_F(x) J_F(x')^T (ridgeless; it
                                   interpolates when J_F has full row rank n). J_F (n, P) is built per neuron by
-                                  forward mode and solved by lazy.min_norm_solve.
+                                  forward mode and solved by lstsq.min_norm_solve.
 
 The learned function is linear in T: f_T(x) = <T, H_l(x)>, so F_lin(W) = <T_lin(W), H_l(x_k)> with
-T_lin(W) = T(W0) + J_T (W - W0), the linearized tensor of lazy.py. Both classes therefore report it as
+T_lin(W) = T(W0) + J_T (W - W0), the linearized tensor of linearized.py. Both classes therefore report it as
 their dense model (d^l, lazy widths keep d small), and the row's rel_error = ||T_lin - T*|| / ||T*|| is
 the exact float64 population error of the learned predictor, with no test set. Rows add
 `train_error` (sqrt(2 L_n) / ||T*|| of F_lin on the training set) and, for lazy_exact, `feature_rank`
@@ -27,12 +27,12 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from overparam import core, lazy, lstsq, memory, network, objectives
+from overparam import core, linearized, lstsq, memory, network, objectives
 from overparam.core import RunData, RunState, Task
 
 
 class _Outputs:
-  """The network outputs of lazy.Linearized's model on the training set (a mixin of the classes below)."""
+  """The network outputs of linearized.Linearized's model on the training set (a mixin of the classes below)."""
 
   def _single_outputs(self, task: Task, params, data: RunData) -> jax.Array:
     c, v = objectives.canonical(params, self.parametrization, self._signs(data))
@@ -51,7 +51,7 @@ class _Outputs:
   def train_error(self, task: Task, params, params0, f0, data: RunData) -> jax.Array:
     """sqrt(1/n ||F_lin(W) - y||^2) / ||T*||."""
     _, lin = self.linearize_outputs(task, params0, data)
-    r = f0 + lin(lazy._sub(params, params0)) - data.samples.y  # noqa: SLF001
+    r = f0 + lin(linearized._sub(params, params0)) - data.samples.y  # noqa: SLF001
     return jnp.sqrt(jnp.mean(r * r) / data.target_sq)
 
   def extras(self, task: Task, state: RunState, data: RunData):
@@ -66,8 +66,8 @@ def _check(task: Task):
 
 @core.register
 @dataclasses.dataclass(frozen=True)
-class LazySamples(_Outputs, lazy.Lazy):
-  """lazy.Lazy on the empirical loss: GD (its optimizer) on the linearized outputs, step lr_scale / lambda_max."""
+class LazySamples(_Outputs, linearized.Lazy):
+  """linearized.Lazy on the empirical loss: GD (its optimizer) on the linearized outputs, step lr_scale / lambda_max."""
 
   def lambda_max(self, task: Task, params0, data: RunData) -> jax.Array:
     """Largest eigenvalue of (1/n) J_F^T J_F (the Hessian of the empirical loss) by power iteration."""
@@ -75,10 +75,10 @@ class LazySamples(_Outputs, lazy.Lazy):
     lin_t = jax.linear_transpose(lin, params0)
     n = data.samples.y.shape[0]
     tiny = jnp.finfo(core.dtype_of(data)).tiny
-    normalize = lambda v: jax.tree.map(lambda x: x * jax.lax.rsqrt(jnp.maximum(lazy._sq(v), tiny)), v)  # noqa: SLF001
-    v = normalize(lazy._probe_like(params0))  # noqa: SLF001
+    normalize = lambda v: jax.tree.map(lambda x: x * jax.lax.rsqrt(jnp.maximum(linearized._sq(v), tiny)), v)  # noqa: SLF001
+    v = normalize(linearized._probe_like(params0))  # noqa: SLF001
     v = jax.lax.fori_loop(0, self.power_iters, lambda _, v: normalize(lin_t(lin(v))[0]), v)
-    return lazy._sq(lin(v)) / n  # noqa: SLF001
+    return linearized._sq(lin(v)) / n  # noqa: SLF001
 
   def init(self, task: Task, data: RunData) -> RunState:
     _check(task)
@@ -95,7 +95,7 @@ class LazySamples(_Outputs, lazy.Lazy):
     _, lin = self.linearize_outputs(task, state.params0, data)
 
     def loss(p):
-      r = state.aux['f0'] + lin(lazy._sub(p, state.params0)) - data.samples.y  # noqa: SLF001
+      r = state.aux['f0'] + lin(linearized._sub(p, state.params0)) - data.samples.y  # noqa: SLF001
       dl = 0.5 * jnp.mean(r * r)
       return dl, dl
 
@@ -105,7 +105,7 @@ class LazySamples(_Outputs, lazy.Lazy):
 
 @core.register
 @dataclasses.dataclass(frozen=True)
-class LazyExactSamples(_Outputs, lazy.Linearized):
+class LazyExactSamples(_Outputs, linearized.Linearized):
   """Min-norm least squares on the samples (tangent-kernel regression); solved in `init` (status
   STOPPED), `step` is a no-op."""
 
@@ -134,7 +134,7 @@ class LazyExactSamples(_Outputs, lazy.Linearized):
     n_params = data.width.astype(jac.dtype) * memory.params_per_component(self.parametrization, dim)
     rank, delta_flat = lstsq.min_norm_solve(jac, data.samples.y - f0, n_params)
     _, unravel = jax.flatten_util.ravel_pytree(base)
-    params = lazy.apply_step(p0, unravel(delta_flat), self.symmetric_init)
+    params = linearized.apply_step(p0, unravel(delta_flat), self.symmetric_init)
     rel = self.train_error(task, params, p0, f0, data)
     state = self._state(params, p0, t0, data, rel, {'f0': f0, 'feature_rank': rank})
     return state._replace(status=jnp.full_like(state.status, core.STOPPED))
@@ -147,10 +147,10 @@ class LazyExactSamples(_Outputs, lazy.Linearized):
 
 
 def on_samples(alg):
-  """The samples variant of a lazy algorithm value (same fields): LazySamples for lazy.Lazy,
-  LazyExactSamples for lazy.LazyExact (whose grid path is for tensor targets only)."""
-  fields = {f.name: getattr(alg, f.name) for f in dataclasses.fields(lazy.Linearized)}
-  if isinstance(alg, lazy.Lazy):
+  """The samples variant of a lazy algorithm value (same fields): LazySamples for linearized.Lazy,
+  LazyExactSamples for linearized.LazyExact (whose grid path is for tensor targets only)."""
+  fields = {f.name: getattr(alg, f.name) for f in dataclasses.fields(linearized.Linearized)}
+  if isinstance(alg, linearized.Lazy):
     return LazySamples(**fields, lr_scale=alg.lr_scale, momentum=alg.momentum, power_iters=alg.power_iters,
                        optimizer=alg.optimizer, momentum_model=alg.momentum_model)
   return LazyExactSamples(**fields)
