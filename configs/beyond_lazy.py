@@ -4,7 +4,7 @@ r"""Beyond lazy, m*(d): the smallest width that fits an order-3, rank-3 target, 
 
 Two arms in one sweep on the same targets and inits (docs/DESIGN.md section 4):
   beyond_lazy  a reconstruction of the paper's variant of GD (README "Beyond lazy": provenance;
-               overparam/beyond_lazy.py: 2-homogeneous components, init 1e-3 * Unif(S^{d-1}),
+               overparam/beyond_lazy_gd.py: 2-homogeneous components, init 1e-3 * Unif(S^{d-1}),
                re-initialization of the components that did not grow by an epoch start, growing
                epochs; config.beyond_lazy.*, defaults in config_lib.py),
   gd           plain GD on Eq. (1) (cp parametrization) from a small init (0.3), lr 0.05.

@@ -6,7 +6,7 @@ Order-3, rank-3 targets T* = sum_j a_j^{(x)3} (random unit a_j), d = 6, 8, 12, 1
 every algorithm fits the same T* of each (seed, d) (docs/DESIGN.md section 4):
   lazy_exact   the lazy (NTK) optimum: T* projected onto the tangent space at a random init
                (symmetric init, so T(W0) = 0), with the numerical rank of the Jacobian; its whole
-               width grid is one program per d (one factorization of J per seed, lazy.py);
+               width grid is one program per d (one factorization of J per seed, linearized.py);
   lazy         (off by default: not cheap on a CPU) gradient descent on the jax.linearize model,
                lazy_exact's user-facing twin (configs/lazy_threshold.py shows they agree); add it with
                --config.algorithms='("lazy_exact","lazy","beyond_lazy","gd")'; it runs its full step
@@ -72,7 +72,7 @@ def get_config(variant: str = ''):
   c.lazy.symmetric_init = True
   c.lazy.momentum = 0.99
   c.eps = 0.05
-  c.x64 = True  # the tangent rank near the lazy threshold needs float64 (lazy.py)
+  c.x64 = True  # the tangent rank near the lazy threshold needs float64 (linearized.py)
   if variant == 'quick':
     c.dims, c.num_seeds, c.steps = (6, 8), 2, 2000
     c.widths = (3, 4, 6)

@@ -15,7 +15,7 @@ Provenance. The deflation picture (larger components fitted first, then smaller 
 modified gradient flow that provably follows it on orthogonally decomposable tensors are from Ge, Ren,
 Wang, Zhou, "Understanding Deflation Process in Over-parametrized Tensor Decomposition" (NeurIPS 2021);
 this config uses orthonormal components, their setting. The algorithm run here is this project's
-discrete reconstruction of that flow (overparam/beyond_lazy.py: normalized units, re-initialization
+discrete reconstruction of that flow (overparam/beyond_lazy_gd.py: normalized units, re-initialization
 threshold above the init scale, its own epoch schedule and defaults, stop at eps), so the staircase and
 the fitting order it shows are measurements of the reconstruction, not a check of the 2021 theorem's
 rates or constants, and nothing here comes from the 2020 paper's (non-public) Algorithm 1.

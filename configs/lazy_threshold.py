@@ -4,7 +4,7 @@ r"""Lazy (NTK) threshold, order 3: the smallest width m*(d) at which the lazy mo
 
 Order 4 is configs/lazy_threshold_l4.py. For every d = 4..32, `lazy_exact` projects T* onto the
 tangent space range(J) at the random init and measures the numerical rank of J, the whole width
-grid from one factorization of J per seed (overparam/lazy.py). summary.json holds m*, the
+grid from one factorization of J per seed (overparam/linearized.py). summary.json holds m*, the
 tangent-rank threshold (`tangent_rank_thresholds`: the smallest width whose J has full rank
 C(d+l-1, l) in at least half the seeds) and power-law fits of each against d;
 figures/lazy_threshold_l3.png overlays the dimension count C(d+l-1, l)/d and its asymptote d^2/3!.

@@ -10,7 +10,7 @@ see the same training set per (seed, n) (nested in n):
                linearized at a random symmetric init, m = 64 (above the lazy width C(d+2,3)/d at every
                d, so its tangent space holds every degree-3 <T, H_3(x)>): ridgeless regression with
                the network's tangent kernel;
-  beyond_lazy  the beyond-lazy reconstruction (overparam/beyond_lazy.py) on the empirical loss, m = 4;
+  beyond_lazy  the beyond-lazy reconstruction (overparam/beyond_lazy_gd.py) on the empirical loss, m = 4;
   gd           plain GD on the cp network from init 0.3, m = 4.
 rel_error is the exact float64 population error ||T - T*|| / ||T*||; n* = the smallest n at which half
 the seeds reach rel_error < eps = 0.05 (summary.json `sample_thresholds`, fits `sample_exponents`).
@@ -67,6 +67,6 @@ def get_config():
   c.init_scale = 0.3
   c.beyond_lazy.lr = 0.05               # 0.2 (its tensor default) diverges at small n (see docstring)
   c.eps = 0.05                          # judges the population error; runs stop at train_error < eps/10
-  c.x64 = True                          # lazy_exact near n = C(d+2,3) needs float64 (lazy.py)
+  c.x64 = True                          # lazy_exact near n = C(d+2,3) needs float64 (linearized.py)
   c.save_params = False
   return c
