@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_seeds = 4
   c.seed = 0
   c.target = ml_collections.ConfigDict(
-      dict(kind='random_unit', weights=(), noise=0.0, coherence=0.0, path=''))
+      dict(kind='random_unit', weights=(), noise=0.0, coherence=0.0, path='', rank=0))
   c.parametrization = shared['parametrization']
   c.signs = shared['signs']
   c.loss = 'auto'
@@ -148,6 +148,8 @@ BASE_FIELD_RANGES = {
     'target.noise': 'finite number >= 0',
     'target.coherence': 'number in [0, 1); set only for target.kind=coherent',
     'target.path': "a .npy or .npz file; set only for target.kind=file ('' otherwise)",
+    'target.rank': 'integer >= 0: the rank of a dense (.npy) file target when known, recorded in rows (0: unknown, '
+                   'rows carry rank null); set only for a .npy target (a .npz target gives its own)',
     'parametrization': ', '.join(objectives.PARAMETRIZATIONS) + '; unused (keep the default) with only beyond_lazy',
     'signs': ', '.join(SIGNS),
     'loss': ', '.join(LOSSES) + '; implicit and samples need a factored target',
@@ -244,6 +246,9 @@ def _validate_one(c: ml_collections.ConfigDict):
   if not isinstance(t.path, str):
     raise ConfigError(f'config.target.path must be a string, got {t.path!r}')
   _unused(c, 'target.path', t.kind == 'file')
+  if not _is_int(t.rank) or t.rank < 0:
+    raise ConfigError(f'config.target.rank must be an integer >= 0, got {t.rank!r}')
+  _unused(c, 'target.rank', t.kind == 'file' and not tensors.is_cp_file(t.path))
   _unused(c, 'target.coherence', t.kind == 'coherent')
   _unused(c, 'target.weights', t.kind != 'file')
   if c.ranks:

@@ -569,7 +569,7 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
       handles.append(Line2D([], [], color='gray', lw=1.2, ls='--',
                             label=f'lazy dimension count {_binom_label(order)}'
                             + (f' (slope {_num(count["exponent"])} over these d)' if count else '')))
-  if len(ranks) == 1:  # no width below r can fit a rank-r target
+  if len(ranks) == 1 and ranks[0] is not None:  # no width below r can fit a rank-r target
     ax.axhline(ranks[0], color='gray', lw=0.8, ls=':')
     values.append(ranks[0])
     handles.append(Line2D([], [], color='gray', lw=0.8, ls=':',

@@ -90,6 +90,9 @@ def end_of_run(workdir: str, summary: Dict, rows: Sequence[Dict], wall_s: Option
   if counts:
     lines.append('statuses: ' + ', '.join(f'{k} {v}' for k, v in sorted(counts.items())))
   lines += diverged_lines(rows, scale_free or {})
+  if rows and all(r.get('rank') is None for r in rows):
+    lines.append('target: a dense file of unknown rank: rows carry rank null; the recovery metrics and m* versus r '
+                 'are skipped (give the rank with --config.target.rank=R)')
   lines.append(f'summary: {os.path.join(workdir, "summary.json")}')
   fig_dir = os.path.join(workdir, 'figures')
   figs = sorted(f for f in os.listdir(fig_dir) if f.endswith('.png')) if os.path.isdir(fig_dir) else []

@@ -189,9 +189,11 @@ def row_problem(row) -> Optional[str]:
   for k in ('algorithm', 'status'):
     if not isinstance(row.get(k), str):
       return f'{k} must be a string, got {row.get(k)!r}'
-  for k in ('order', 'dim', 'rank', 'width', 'seed', 'steps'):
+  for k in ('order', 'dim', 'width', 'seed', 'steps'):
     if not _is_int(row.get(k)):
       return f'{k} must be an integer, got {row.get(k)!r}'
+  if not (row.get('rank') is None or _is_int(row.get('rank'))):  # null: a dense file target of unknown rank
+    return f'rank must be an integer or null, got {row.get("rank")!r}'
   if row['status'] not in STATUSES:
     return f'status must be one of {", ".join(STATUSES)}, got {row["status"]!r}'
   rel = row.get('rel_error', 'missing')

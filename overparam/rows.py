@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import jax
 import numpy as np
 
-from overparam import config_lib, core, engine, metrics, objectives, planner, registry, results, tensors
+from overparam import config_lib, core, engine, metrics, objectives, planner, registry, results, targets, tensors
 
 
 def split_widths(out: engine.Outcome, widths: List[int], runs, cells) -> engine.Outcome:
@@ -70,10 +70,11 @@ def rel_errors(order: int, cells, bucket: int, out: engine.Outcome, seed_targets
 
 
 def cell_fields(c, name: str, values: Dict) -> Dict:
-  """Row fields of the cell axes: rank, alpha (the config's for alpha-scaled algorithms, else None) and,
+  """Row fields of the cell axes: rank (targets.row_rank: None for a dense file target of unknown rank),
+  alpha (the config's for alpha-scaled algorithms, else None) and,
   when config.axes has other fields, each one's value (None where `name` does not read it) and `axes`,
   their names (results.cell_id uses them)."""
-  out = {'rank': c.rank, 'alpha': float(c.alpha) if registry.get(name).alpha_scaled else None}
+  out = {'rank': targets.row_rank(c), 'alpha': float(c.alpha) if registry.get(name).alpha_scaled else None}
   extra = config_lib.generic_axes(c)
   if extra:
     out.update({f: values.get(f) for f in extra})

@@ -4,8 +4,10 @@ Seed s has keys fold_in(PRNGKey(s), i): 0 the target, 1 the init, 2 the re-initi
 1 and 2 from its key the same way), 3 the samples (network.sample_key).
 """
 
+import functools
 import math
-from typing import Dict
+import os
+from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +33,30 @@ def load_file(c):
   (.npz), or None when target.kind is not file."""
   if c.target.kind != 'file':
     return None
-  if tensors.is_cp_file(c.target.path):
-    return tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
+  if tensors.is_cp_file(c.target.path):  # gives its own rank (config.rank is not read)
+    return tensors.load_target_cp(c.target.path, c.order, c.dims, None)
   return tensors.load_target_file(c.target.path, c.order, c.dims)
+
+
+def row_rank(c) -> Optional[int]:
+  """The rank the rows record: config.rank for generated targets; a .npz target's own r; a dense .npy
+  target's config.target.rank when given, else None (unknown: rank-based metrics are skipped)."""
+  if c.target.kind != 'file':
+    return int(c.rank)
+  if tensors.is_cp_file(c.target.path):
+    return _npz_rank(c.target.path, *_stamp(c.target.path))
+  return int(c.target.rank) or None
+
+
+def _stamp(path: str):
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _npz_rank(path: str, size: int, mtime_ns: int) -> int:
+  with np.load(path, allow_pickle=False) as z:
+    return int(z['coeffs'].shape[0])
 
 
 def make_target(c, dim: int, seed: int, file_array) -> tensors.Target:

@@ -229,7 +229,7 @@ def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tup
 
   T* = sum_j coeffs_j factors_j^{(x)l} for any order l (the params/*.npz a run exports is such a
   file). The target is factored, so the implicit loss and the recovery metrics apply. Raises
-  TargetError naming config.target.path (or config.rank, which must equal r) and what is wrong.
+  TargetError naming config.target.path (or rank, when given, which must equal r) and what is wrong.
   Returns float64 (coeffs * ||factors_j||^order, factors / ||factors_j||): the same tensor with unit
   factors, as generated targets have (c*_j is then the weight the recovery metrics compare with).
   """
@@ -255,7 +255,7 @@ def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tup
                       f'{c.shape} and {a.shape}')
   if tuple(dims) != (a.shape[1],):
     raise TargetError(f'{field}: factors have d={a.shape[1]}, config.dims must be ({a.shape[1]},), got {tuple(dims)}')
-  if rank != c.shape[0]:
+  if rank is not None and rank != c.shape[0]:
     raise TargetError(f'config.rank must equal the number of components in {field} ({c.shape[0]}), got {rank}')
   if np.any(np.linalg.norm(a, axis=1) == 0) or not np.any(c):
     raise TargetError(f'{field}: factors has zero rows or coeffs are all zero (T* must be a nonzero CP tensor '

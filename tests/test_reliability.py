@@ -254,7 +254,7 @@ def test_status_agrees_with_float64_rel_error(tmp_path, caplog):
   c = tiny_config(dims=(4,), widths=(3, 4), num_seeds=2, steps=3000, chunk_steps=500, eps=eps, lr=0.1)
   with caplog.at_level('INFO'):
     summary = experiments.run(c, str(tmp_path))
-  assert 'continuing them with in-loop threshold' in caplog.text  # the case is exercised
+  assert 'continuing them with their in-loop threshold' in caplog.text  # the case is exercised
   rows = results.Workdir(str(tmp_path)).load_results()
   for r in rows:
     assert (r['status'] == 'converged') == (r['rel_error'] is not None and r['rel_error'] < eps), r
