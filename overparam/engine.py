@@ -155,7 +155,8 @@ class Outcome(NamedTuple):
 def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
-                on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0):
+                on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0,
+                verbose: bool = False):
   """Runs every cell of one program to completion.
 
   alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
@@ -207,11 +208,11 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     done = k + 1
     elapsed = time.time() - t0
     eta = elapsed / max(done - start, 1) * (n_chunks - done)
-    loud = time.time() - last_log >= progress_every_s and live.any()
-    logging.log(logging.INFO if loud else logging.DEBUG, '%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, '
-                'ETA %.1fs', label, done, n_chunks, min(done * chunk_steps, task.steps), task.steps, int(live.sum()), n,
-                elapsed, eta if live.any() else 0.0)
+    loud = verbose or (time.time() - last_log >= progress_every_s and live.any())
     if loud:
+      logging.info('%s: chunk %d/%d, step %d/%d, %d/%d runs live, %.1fs elapsed, '
+                   'ETA %.1fs', label, done, n_chunks, min(done * chunk_steps, task.steps), task.steps, int(live.sum()),
+                   n, elapsed, eta if live.any() else 0.0)
       last_log = time.time()
     if not live.any():
       break

@@ -97,32 +97,35 @@ def plot_only(workdir: str) -> List[str]:
                                f'({e.strerror or e})') from None
 
 
-def _phase(msg: str, *args):
-  """Logs (at verbosity 1: `launch.py -v 1`) the start of a phase; returns a function logging its end,
-  at the default level when it took more than 10 s."""
+def _phase(verbose: bool, msg: str, *args):
+  """Logs the start of a phase when verbose; returns a function logging its end when verbose or when it
+  took more than 10 s."""
   t0 = time.time()
-  logging.vlog(1, msg + '...', *args)
+  if verbose:
+    logging.info(msg + '...', *args)
 
   def end():
     took = time.time() - t0
-    logging.log(logging.INFO if took > 10 else logging.DEBUG, msg + ': done in %.1fs', *args, took)
+    if verbose or took > 10:
+      logging.info(msg + ': done in %.1fs', *args, took)
   return end
 
 
 def run(c: ml_collections.ConfigDict, workdir: str,
-        on_chunk: Optional[Callable[[int], None]] = None, figures: bool = True) -> Dict:
+        on_chunk: Optional[Callable[[int], None]] = None, figures: bool = True, verbose: bool = False) -> Dict:
   """Runs (or resumes) the experiment described by `c` into `workdir`; returns the summary.
 
   Everything the user gives (config, target) is checked before anything is written: the fields, the
   memory of every program, the targets. The writer process holds the workdir's lock until it returns
-  (results.Workdir.open). figures=False skips figures/.
+  (results.Workdir.open). figures=False skips figures/. verbose: log every phase and every chunk (by
+  default one line per program, and progress every 10 s of a long one).
   """
   config_lib.validate(c)
   programs = planner.plan(c)
   planner.check_memory(c, programs)  # before anything is allocated or written
   seeds = [c.seed + s for s in range(c.num_seeds)]
   scale_free = all(registry.get(a).scale_free for a in c.algorithms)
-  end = _phase('building targets for %d seeds x %d dims', len(seeds), len(c.dims))
+  end = _phase(verbose, 'building targets for %d seeds x %d dims', len(seeds), len(c.dims))
   all_targets = targets.build_all(c, seeds, scale_free)
   end()
   is_writer = jax.process_index() == 0
@@ -130,12 +133,12 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   resolved = c.to_dict()
   fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
   try:
-    return _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, figures)
+    return _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, figures, verbose)
   finally:
     wd.unlock()
 
 
-def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, figures=True) -> Dict:
+def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, figures=True, verbose=False) -> Dict:
   found = wd.load_results(fp)
   done = {results.cell_id(r) for r in found}
   out_rows = list(found)
@@ -152,7 +155,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     ckpt = os.path.join(wd.ckpt_dir, prog.checkpoint_name)
     data = planner.run_data(prog, runs, fitted)
     run_kwargs = dict(chunk_steps=config_lib.chunk_of(c), trace_every=c.trace_every, is_writer=is_writer,
-                      on_chunk=on_chunk)
+                      on_chunk=on_chunk, verbose=verbose)
     out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt,
                              checkpoint_every_s=c.checkpoint_every_s, label=prog.label, **run_kwargs)
     rels = None
@@ -160,7 +163,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
       out = rows.split_widths(out, list(prog.widths), runs, cells)
     else:
       out, rels = confirm(prog, alg, data, cells, out, seed_targets, scales, run_kwargs)
-    end = _phase('%s: finishing %d runs (rows%s)', prog.label, len(cells), ', params' if c.save_params else '')
+    end = _phase(verbose, '%s: finishing %d runs (rows%s)', prog.label, len(cells), ', params' if c.save_params else '')
     new = rows.finalize(prog, cells, out, seed_targets, wd, is_writer, fingerprint=fp, scales=scales, rels=rels)
     if is_writer:
       wd.append_results(new)
@@ -173,7 +176,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     wd.remove_checkpoints([p.checkpoint_name for p in programs])  # every program is finished
     results.write_json_atomic(wd.summary_path, summary)
     if figures:
-      end = _phase('drawing figures')
+      end = _phase(verbose, 'drawing figures')
       try:
         plots.draw_all(out_rows, c.eps, wd.figures_dir, workdir=wd.path)
       except OSError as e:  # the rows are safe; only the figures are missing (--plot_only redraws them)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from overparam import config_lib, experiments, results
+from overparam import config_lib, experiments, results, rows
 from overparam.errors import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -288,7 +288,7 @@ def test_sigint_says_resume_and_exits_130(tmp_path):
   wd = str(tmp_path / 'wd')
   # A tiny step keeps every run live for 10^6 steps; the signal is sent once the program is running
   # (its first progress line), however fast this machine or a warm compilation cache makes the start.
-  p = launch(wd, '--config.steps=1000000', '--config.chunk_steps=20', '--config.lr=1e-6')
+  p = launch(wd, '--config.steps=1000000', '--config.chunk_steps=20', '--config.lr=1e-6', '--verbose')
   seen = []
   for line in p.stderr:
     seen.append(line)
@@ -337,10 +337,10 @@ def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):
 # ---- 8. phases are logged; a kill while finishing loses nothing ---------------------------------------
 
 def test_log_is_compact_and_verbose_on_demand(finished, tmp_path):
-  """By default one line per program (no per-phase or per-chunk lines); with -v 1 every phase."""
+  """By default one line per program (no per-phase or per-chunk lines); with --verbose every phase."""
   err = finished[1]
   assert 'runs in' in err and 'finishing' not in err and 'chunk 1/' not in err
-  rc, verbose = run(str(tmp_path / 'v'), '-v', '1')
+  rc, verbose = run(str(tmp_path / 'v'), '--verbose')
   assert rc == 0, verbose[-2000:]
   for phase in ('building targets', 'finishing', 'drawing figures', 'chunk 1/'):
     assert phase in verbose, phase
@@ -355,16 +355,16 @@ def test_kill_while_finishing_resumes_without_recomputing(tmp_path, monkeypatch)
   from tests.support import tiny_config  # noqa: PLC0415
   c = tiny_config(widths=(2, 3), num_seeds=1, steps=60, dims=(4,))
   unbroken = experiments.run(c, str(tmp_path / 'unbroken'))
-  real = experiments.finalize
+  real = rows.finalize
 
   def crash(*a, **k):
     real(*a, **k)  # params written, rows not yet appended: the worst moment
     raise Crash()
-  monkeypatch.setattr(experiments, 'finalize', crash)
+  monkeypatch.setattr(rows, 'finalize', crash)
   wd = str(tmp_path / 'broken')
   with pytest.raises(Crash):
     experiments.run(c, wd)
-  monkeypatch.setattr(experiments, 'finalize', real)
+  monkeypatch.setattr(rows, 'finalize', real)
   assert os.listdir(os.path.join(wd, 'checkpoints'))  # the final state is checkpointed before finishing
   chunks = []
   summary = experiments.run(c, wd, on_chunk=chunks.append)
