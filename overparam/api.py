@@ -33,7 +33,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 import ml_collections
 import numpy as np
 
-from overparam import compile_cache
+from overparam import compile_cache, inputs
 from overparam.errors import ConfigError, TargetError
 
 # Fields decompose() sets from its arguments; overriding them is a ConfigError.
@@ -189,13 +189,25 @@ def _is_int(x) -> bool:
 
 
 def _cp_pair(tensor):
-  """(coeffs (r,), factors (r, d)) as numpy arrays if `tensor` is a pair, else None."""
+  """(coeffs (r,), factors (r, d)) as numpy arrays if `tensor` is a pair, else None.
+
+  [reliab] A pair is a tuple or list of two items of which the first is 1-d and the second 2-d; any other
+  sequence (a 2x2 nested list, two rows of a matrix) is a dense array."""
   if not isinstance(tensor, (tuple, list)) or len(tensor) != 2:
+    return None
+  try:
+    if (np.ndim(tensor[0]), np.ndim(tensor[1])) != (1, 2):
+      return None
+  except ValueError:  # a ragged item: not a pair (_dense_array names it)
     return None
   try:
     coeffs, factors = np.asarray(tensor[0]), np.asarray(tensor[1])
   except Exception:  # noqa: BLE001 - ragged or non-numeric input
     raise TargetError('tensor: a (coeffs, factors) pair must hold two numeric arrays') from None
+  for name, x in (('coeffs', coeffs), ('factors', factors)):
+    problem = inputs.dtype_problem(x.dtype)  # [reliab] bfloat16 named as such, not '|V2'
+    if problem:
+      raise TargetError(f'tensor: {name}: {problem}')
   if coeffs.ndim != 1 or factors.ndim != 2 or factors.shape[0] != coeffs.shape[0] or not coeffs.size:
     raise TargetError(f'tensor: a (coeffs, factors) pair must have shapes (r,) and (r, d) with r >= 1, got '
                       f'{coeffs.shape} and {factors.shape}')
@@ -207,6 +219,9 @@ def _dense_array(tensor) -> np.ndarray:
     arr = np.asarray(tensor)
   except Exception:  # noqa: BLE001
     raise TargetError(f'tensor must be a numeric array or a (coeffs, factors) pair, got {type(tensor).__name__}') from None
+  problem = inputs.dtype_problem(arr.dtype)  # [reliab] bfloat16 named as such, not '|V2'
+  if problem:
+    raise TargetError(f'tensor: {problem}')
   if arr.ndim < 2:
     raise TargetError(f'tensor must be a symmetric array of shape (d,)*l with l >= 2, got shape {arr.shape}')
   return arr

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from overparam import (algorithms, analysis, config_lib, memory, metrics, network, objectives, plots, registry,
-                       results, sweep, tensors)
+from overparam import (algorithms, analysis, config_lib, distributed, inputs, memory, metrics, network, objectives,
+                       plots, registry, results, sweep, tensors)
 
 
 def seed_keys(seed: int):
@@ -194,23 +194,14 @@ def target_sq_f64(t: tensors.Target, order: int) -> float:
 
 def check_target(c, t: tensors.Target, dim: int, seed: int, scale_free: bool):
   """TargetError naming the target when T* is zero (all weights 0, an all-zero file, components that
-  cancel) or, for an algorithm that is not scale-free, when ||T*||^2 is not representable in the run
-  dtype."""
-  sq = target_sq_f64(t, c.order)
+  cancel) or its norm is outside the accepted range (inputs.check_target_scale: the host's float64
+  range for every algorithm; the run dtype's [sqrt(eps), sqrt(max) / 100] for one that is not
+  scale-free)."""
   where = (f'config.target.path {c.target.path!r}' if c.target.kind == 'file'
            else f'config.target (kind {c.target.kind}, weights {tuple(c.target.weights) or "all 1"})')
-  if t.dense is not None:
-    size = float(np.sum(np.asarray(t.dense, np.float64) ** 2))
-  else:
-    size = float(np.sum(np.abs(np.asarray(t.coeffs, np.float64)) * np.linalg.norm(
-        np.asarray(t.factors, np.float64), axis=1) ** c.order)) ** 2
-  if not np.isfinite(sq) or sq <= 1e-24 * size or sq == 0.0:
-    raise tensors.TargetError(f'{where}: T* is zero (d={dim}, seed {seed}); a decomposition of the zero tensor '
-                              'is undefined')
-  fi = np.finfo(np.dtype(dtype_of(c)))
-  if not scale_free and not (float(fi.tiny) * 1e4 < sq < float(fi.max) / 1e4):
-    raise tensors.TargetError(f'{where}: ||T*||^2 = {sq:.3g} is outside the range of {fi.dtype} (d={dim}, '
-                              f'seed {seed}); rescale the target or set config.x64=True')
+  # [reliab] moved into inputs.check_target_scale (no OverflowError at 1e300; float64 lower bound)
+  inputs.check_target_scale(t.coeffs, t.factors, t.dense, c.order, dtype_of(c), f'{where} (d={dim}, seed {seed})',
+                            scale_free)
 
 
 def target_scale(t: tensors.Target, order: int) -> float:
@@ -382,7 +373,7 @@ def plot_only(workdir: str) -> List[str]:
   nothing; returns the paths written. WorkdirError (an `error:` line naming the file) if the workdir
   has no usable config.json, a line of results.jsonl is not a row, there are no results, or figures/
   is not a folder."""
-  wd = results.Workdir(workdir)
+  wd = results.Workdir(workdir, defaults=config_lib.base_config().to_dict())  # [reliab] rows checked vs config.json
   if not os.path.isdir(workdir):
     raise results.WorkdirError(f'--workdir {workdir!r} is not a folder')
   cfg = wd.read_config()
@@ -433,11 +424,9 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   """
   config_lib.validate(c)
   memory.check(c)  # before anything is allocated or written
-  file_array = None
-  if c.target.kind == 'file' and tensors.is_cp_file(c.target.path):
-    file_array = tensors.load_target_cp(c.target.path, c.order, c.dims, c.rank)
-  elif c.target.kind == 'file':
-    file_array = tensors.load_target_file(c.target.path, c.order, c.dims)
+  file_array, digest = None, None
+  if c.target.kind == 'file':  # [reliab] read once; its sha256 goes into the fingerprint (results.with_inputs)
+    file_array, digest = tensors.load_target(c.target.path, c.order, c.dims, c.rank)
   seeds = [c.seed + s for s in range(c.num_seeds)]
   done_targets = _phase('building targets for %d seeds x %d dims', len(seeds), len(c.dims))
   all_targets = {}
@@ -454,9 +443,12 @@ def run(c: ml_collections.ConfigDict, workdir: str,
       all_targets[(_key(common), dim)] = targets
   done_targets()
   is_writer = jax.process_index() == 0
-  wd = results.Workdir(workdir)
-  resolved = c.to_dict()
-  fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
+  wd = results.Workdir(workdir, defaults=config_lib.base_config().to_dict())  # [reliab] defaults passed in
+  resolved = results.with_inputs(c.to_dict(), {'target.path': digest})  # [reliab] content of the input files
+  # [reliab] every process raises the same error when the writer's open (the lock) refuses the run
+  fp = distributed.every_process(
+      lambda: wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer),
+      undo=wd.unlock)
   try:
     return _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures)
   finally:
@@ -504,7 +496,7 @@ def _run_programs(c, wd, fp, seeds, all_targets, is_writer, on_chunk, figures=Tr
             end()
             run_kwargs = dict(chunk_steps=config_lib.chunk_of(ca), trace_every=c.trace_every, is_writer=is_writer,
                               on_chunk=on_chunk)
-            out = sweep.run_program(alg, data, runs, checkpoint_path=ckpt,
+            out = sweep.run_program(alg, data, runs, checkpoint_path=ckpt, run_fingerprint=fp,  # [reliab]
                                     checkpoint_every_s=c.checkpoint_every_s, label=label, **run_kwargs)
             rels = None
             if one:  # solved exactly in init: no in-loop stop to confirm

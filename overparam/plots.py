@@ -11,7 +11,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from overparam import analysis, registry  # noqa: E402
+from overparam import analysis, registry, results  # noqa: E402
 
 # Which algorithms a figure treats how comes from their registry flags (registry.AlgorithmSpec):
 # `lazy` (a linearization: the lazy-threshold figure, the alpha -> inf reference) and
@@ -56,7 +56,7 @@ def rel_error_vs_width(rows: Sequence[Dict], eps: float, path: str, algorithm: s
   ax.set_title(f'{algorithm}, order {order}: median and range over seeds')
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -109,7 +109,7 @@ def lazy_threshold(rows: Sequence[Dict], eps: float, path: str, order: int):
   ax.set_title(f'lazy regime, order {order}: m* versus d (d^{order - 1} asymptotically)')
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -161,7 +161,7 @@ def alpha_scaling(rows: Sequence[Dict], eps: float, path: str):
   axes[1].legend(fontsize=7)
   fig.suptitle('alpha-scaling (Chizat et al.): training alpha (T(W) - T(W0)), loss / alpha^2')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -245,7 +245,7 @@ def m_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
                fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -274,7 +274,7 @@ def m_star_vs_rank(rows: Sequence[Dict], eps: float, path: str):
   ax.set_title('smallest width m* versus the rank of T*')
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -303,7 +303,7 @@ def success_vs_overparam(rows: Sequence[Dict], eps: float, path: str):
     ax.legend(fontsize=7)
   axes[0][0].set_ylabel(f'success rate (rel_error < {eps:g})')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -351,7 +351,7 @@ def by_dim_panels(rows: Sequence[Dict], path: str, key: str, ylabel: str, eps: O
   clip = f'; axis cut at {eps * 1e-3:g}' if eps is not None else ''
   fig.suptitle(f'{title}order {", ".join(map(str, order))}: median over seeds, band = min..max{clip}', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  results.save_figure_atomic(fig, path, dpi=100)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -409,7 +409,7 @@ def deflation(rows: Sequence[Dict], workdir: str, eps: float, path: str, max_run
   axes[2].set_ylabel('iteration at which a_j is half fitted')
   axes[2].set_title(f'every run ({len(trajs)}): larger components first')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -516,7 +516,7 @@ def sample_error_vs_n(rows: Sequence[Dict], eps: float, path: str, key: str = 'r
   fig.suptitle('train (dashed) and population (solid) error versus n, median over seeds' if gap else
                'population error versus n: median over seeds, band = min..max', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 
@@ -561,7 +561,7 @@ def n_star_vs_dim(rows: Sequence[Dict], eps: float, path: str):
   ax.set_title('samples needed versus d (bars: per-seed n* min..max; triangles: n* > grid)', fontsize=9)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  results.save_figure_atomic(fig, path, dpi=120)  # [reliab] temp + fsync + rename
   plt.close(fig)
 
 

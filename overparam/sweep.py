@@ -14,7 +14,6 @@ resumes mid-run.
 import functools
 import hashlib
 import json
-import os
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -117,31 +116,20 @@ def fingerprint(alg, cells, n_total: int) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str):
+# [reliab] checkpoints are read and written by results.save_checkpoint / load_checkpoint (O_NOFOLLOW,
+# stamped with the run's fingerprint, refused when another run or another tool wrote them).
+def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str, run_fp: Optional[str] = None):
   """Atomically writes the run state and the trace recorded so far ({} when not tracing)."""
-  arrays = {f's{i}': x for i, x in enumerate(jax.tree.leaves(host_state))}
-  arrays.update({f't_{k}': v for k, v in trace.items()})
-  results.save_npz_atomic(path, **arrays, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
+  results.save_checkpoint(path, jax.tree.leaves(host_state), trace, chunks_done, fp, run_fp)
 
 
-def _load_checkpoint(path: str, like, fp: str):
-  """Returns (host_state, trace, chunks_done), or None if absent, unreadable or another program's."""
-  if not os.path.exists(path):
-    return None
+def _load_checkpoint(path: str, like, fp: str, run_fp: Optional[str] = None):
+  """Returns (host_state, trace, chunks_done), or None if absent or another run's or program's."""
   like_leaves, treedef = jax.tree.flatten(like)
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      meta = json.loads(str(z['meta']))
-      leaves = [z[f's{i}'] for i in range(len(like_leaves))]
-      trace = {k[2:]: z[k] for k in z.files if k.startswith('t_')}
-  except Exception:  # noqa: BLE001 - an unreadable checkpoint is recomputed, never trusted
-    logging.warning('ignoring unreadable checkpoint %s', path)
+  got = results.load_checkpoint(path, like_leaves, fp, run_fp)
+  if got is None:
     return None
-  if meta.get('fingerprint') != fp or any(
-      a.shape != b.shape or a.dtype != b.dtype for a, b in zip(leaves, like_leaves)):
-    logging.warning('ignoring checkpoint %s of another program', path)
-    return None
-  return jax.tree.unflatten(treedef, leaves), trace, meta['chunks_done']
+  return jax.tree.unflatten(treedef, got[0]), got[1], got[2]
 
 
 class Outcome(NamedTuple):
@@ -162,14 +150,17 @@ class Outcome(NamedTuple):
 def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: int,
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
-                on_chunk: Optional[Callable[[int], None]] = None, init_state=None):
+                on_chunk: Optional[Callable[[int], None]] = None, init_state=None,
+                run_fingerprint: Optional[str] = None):
   """Runs every cell of one program to completion.
 
   data: host RunData with leading axis len(cells). trace_every > 0 records alg.trace every
   that many steps (it must divide chunk_steps). init_state: a host RunState (leading axis len(cells))
   to continue from instead of alg.init (no checkpoint is then read or written). With a checkpoint
   path, the final state is checkpointed before returning, so that a kill while the caller finishes
-  the program (rows, params) resumes from here. Returns an Outcome.
+  the program (rows, params) resumes from here. run_fingerprint: results.config_fingerprint of the run
+  (config and input files), stamped on its checkpoints: a checkpoint of another run is not resumed.
+  Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
@@ -189,7 +180,7 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
   fp = fingerprint(alg, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
   traces = []  # host trace of each chunk so far, each name -> (n_total, T_chunk, ...)
   if checkpoint_path:
-    got = _load_checkpoint(checkpoint_path, to_host(state), fp)
+    got = _load_checkpoint(checkpoint_path, to_host(state), fp, run_fingerprint)  # [reliab] run_fingerprint
     if got is not None:
       state, start = to_global(got[0], sharding), got[2]
       traces = [got[1]] if got[1] else []
@@ -217,17 +208,16 @@ def run_program(alg, data: algorithms.RunData, cells: Sequence, *, chunk_steps: 
     if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:
       host_state = to_host(state)
       if is_writer:
-        _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
+        _save_checkpoint(checkpoint_path, host_state, joined(), done, fp, run_fingerprint)  # [reliab]
       last_ckpt = time.time()
   exported, dense, extras = to_host(finish_fn(state, gdata))
   host_state = to_host(state)
   if checkpoint_path and ran and is_writer:  # chunks_done = n_chunks: a resume goes straight to finishing
-    _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp)
+    _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp, run_fingerprint)  # [reliab]
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
   return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))
 
 
 def remove_checkpoint(path: Optional[str]):
-  if path and os.path.exists(path):
-    os.remove(path)
+  results.remove_checkpoint(path)  # [reliab] only a checkpoint this tool wrote, never through a link
