@@ -264,11 +264,31 @@ def _fix_tuple_overrides(config, argv) -> Optional[str]:
   return None
 
 
+def _last_config_only(argv):
+  """argv with only the last --config=FILE (or --config FILE) kept: a field given twice takes its last
+  value, and so does --config itself (parsing two config files would define every override flag twice)."""
+  at = []
+  for i, tok in enumerate(argv[1:], 1):
+    if tok == '--':
+      break
+    if tok.lstrip('-').partition('=')[0] == 'config' and tok.startswith('-'):
+      at.append(i)
+  drop = set()
+  for i in at[:-1]:
+    drop.add(i)
+    if '=' not in argv[i]:
+      drop.add(i + 1)
+  return [a for i, a in enumerate(argv) if i not in drop]
+
+
 def parse_flags(argv):
   """absl parsing, but a bad flag or config override is one `error:` line (no traceback).
 
   An override naming no field of the config is found by looking it up in the config itself. A field given
-  more than once takes its last value, tuples too; a tuple override with nan or inf reads them as floats."""
+  more than once takes its last value, tuples too (and --config); a tuple override with nan or inf
+  reads them as floats."""
+  argv = _last_config_only(argv)
+  sys.argv = list(argv)  # config_flags reads the override names from sys.argv itself
   msg = _precheck_overrides(argv)
   if msg:
     fail(msg)

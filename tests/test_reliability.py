@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import signal
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
@@ -281,7 +282,7 @@ def test_readme_range_table_is_the_validator_table():
 # ---- round 3: identity of the inputs, numbers, flags, messages that say what to fix ---------------
 
 def _file_target(tmp_path, coeffs, **overrides):
-  c = tiny_config(widths=(2,), num_seeds=1, steps=30, dims=(4,), rank=2, **overrides)
+  c = tiny_config(**{'widths': (2,), 'num_seeds': 1, 'steps': 30, 'dims': (4,), 'rank': 2, **overrides})
   path = str(tmp_path / 'target.npz')
   np.savez(path, coeffs=np.asarray(coeffs, np.float64), factors=np.eye(4)[:2])
   with c.unlocked():
@@ -412,8 +413,16 @@ def test_a_target_path_that_is_not_a_regular_file_says_so(tmp_path, make, kind, 
   call = {'dense': lambda: tensors.load_target_file(path, 3, (4,)),
           'cp': lambda: tensors.load_target_cp(path, 3, (4,), 2),
           'any': lambda: tensors.load_target(path, 3, (4,), 2)}[loader]
-  with pytest.raises(tensors.TargetError, match=rf'config\.target\.path: .* exists but is {kind}[^,]*, not a regular file'):
-    call()  # a FIFO is never opened for a blocking read (the test would hang)
+  def hung(*_):
+    raise AssertionError('blocked on the target path')
+  old = signal.signal(signal.SIGALRM, hung)
+  signal.alarm(5)  # a FIFO opened for a blocking read would hang the suite: fail instead
+  try:
+    with pytest.raises(tensors.TargetError, match=rf'config\.target\.path: .* exists but is {kind}[^,]*, not a regular file'):
+      call()
+  finally:
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize('arrays, match, not_match', [
@@ -474,6 +483,22 @@ def test_a_read_only_figure_is_named_by_plot_only(tmp_path):
   assert open(fig, 'rb').read() == b'my annotated copy'
   os.chmod(fig, 0o644)
   assert experiments.plot_only(w.path) == [fig]
+
+
+def test_plot_only_into_a_linked_figures_folder_writes_nothing_there(tmp_path):
+  w = results.Workdir(str(tmp_path / 'wd'), defaults=config_lib.base_config().to_dict())
+  fp = w.open(tiny_config(widths=(2,), num_seeds=1, dims=(4,)).to_dict())
+  w.append_results([{'algorithm': 'gd', 'order': 3, 'dim': 4, 'rank': 2, 'width': 2, 'seed': 0, 'steps': 9,
+                     'alpha': 1.0, 'status': 'max_steps', 'rel_error': 0.5, 'config_fp': fp, 'movement': 0.1}])
+  w.unlock()
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  (elsewhere / 'rel_error_vs_width_gd.png').write_bytes(b'mine')
+  os.rmdir(w.figures_dir)
+  os.symlink(elsewhere, w.figures_dir)
+  with pytest.raises(results.WorkdirError, match=r'figures is a symbolic link'):
+    experiments.plot_only(w.path)
+  assert os.listdir(elsewhere) == ['rel_error_vs_width_gd.png'] and (elsewhere / 'rel_error_vs_width_gd.png').read_bytes() == b'mine'
 
 
 def test_override_parsing_helpers():
@@ -564,3 +589,5 @@ def test_a_field_given_twice_takes_its_last_value_tuples_too():
   assert got == [[8], 5, False, ['nan', '1.0', 'inf']]  # was: dims (6, 8), steps 5
   rc, err, got = _parsed('--config.dims=6', '--config.dims=8')  # ml_collections' own repeat: last wins as well
   assert rc == 0 and got[0] == [8], err[-800:]
+  rc, err, got = _parsed('--config=configs/default.py:quick', '--config.steps=7')  # --config itself: the last one
+  assert rc == 0 and got[1] == 7 and got[0] != [6, 8, 12, 16, 24, 32], err[-800:]  # was: 'defined twice' error

@@ -329,11 +329,8 @@ def test_internal_bug_keeps_its_traceback(tmp_path):
     (['--config.target.kind=gaussian'], 'config.target.kind'),
     (['--config=configs/does_not_exist.py'], '--config'),
     (['--config.target.weights=(1,foo)'], "--config.target.weights='(1,foo)' is not a tuple literal"),
-    (['--config.target.weights=(nan,1.0)'], 'config.target.weights must be a finite number, got nan'),
-    (['--config=/dev/null'], '--config'),
     (['--config.distributed=True', '--coordinator_address=localhost:1234', '--num_processes=2', '--process_id=1',
       '--coordinator_timeout_s=0'], '--coordinator_timeout_s must be an integer >= 1'),
-    (['--coordinator_timeout_s=5'], '--coordinator_timeout_s only apply with --config.distributed=True'),
 ])
 @pytest.mark.slow
 def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):
