@@ -843,11 +843,13 @@ class Workdir:
     diff = config_differences(old, config, self.defaults)
     changed = [k[len(INPUTS_KEY) + 1:] for k in diff if k.startswith(INPUTS_KEY + '.')]
     if changed and all(k.startswith(INPUTS_KEY + '.') for k in diff):
-      was, now = _flat(old.get(INPUTS_KEY) or {}), _flat(config.get(INPUTS_KEY) or {})
+      was, now = old.get(INPUTS_KEY) or {}, config.get(INPUTS_KEY) or {}
       f = changed[0]
+      if was.get(f) is None:
+        raise self._err(f'{self.config_path} does not record the content of the file config.{f} names (written by '
+                        'an older version), so its results cannot be shown to come from that file; use a new workdir')
       raise self._err(f'config.{f} holds another file than the one its results were computed from (content '
-                      f'{was.get(f) or "not recorded"} then, {now.get(f) or "none"} now); restore that file or use '
-                      'a new workdir')
+                      f'{was[f]} then, {now.get(f) or "none"} now); restore that file or use a new workdir')
     if diff:
       raise self._err(f'holds a different config (fields differ: {", ".join(diff)}); use a new workdir')
 
@@ -934,16 +936,18 @@ class Workdir:
   # -- rows --
   def row_rules(self, fingerprint: Optional[str] = None) -> Optional[RowRules]:
     """The RowRules of this workdir from config.json (None when there is no config.json). The fingerprint
-    rows must carry: `fingerprint` if given (a resume: the current config's), else config.json's own
-    (recomputed with the defaults when known, else the one recorded in it)."""
+    rows must carry: `fingerprint` if given (a resume: the current config's), else the one config.json
+    records (the run that wrote it computed it; recomputing it with today's defaults would differ once
+    an algorithm's registry entry changed), else, for a config.json of an older version, its fingerprint
+    recomputed with the defaults."""
     cfg = self.read_config()
     if cfg is None:
       return None
     if fingerprint is None:
-      if self.defaults is not None:
-        fingerprint = config_fingerprint(cfg, self.defaults)
-      elif isinstance(cfg.get('fingerprint'), str):
+      if isinstance(cfg.get('fingerprint'), str):
         fingerprint = cfg['fingerprint']
+      elif self.defaults is not None:
+        fingerprint = config_fingerprint(cfg, self.defaults)
       else:
         raise self._err(f'{self.config_path} records no fingerprint (written by an older version); '
                         'read it with Workdir(path, defaults=config_lib.base_config().to_dict())')

@@ -436,11 +436,23 @@ def test_an_edited_config_json_no_longer_vouches_for_its_rows(tmp_path):
     json.dump(cfg, f)
   with pytest.raises(WorkdirError, match='line 1 .*contradicts rel_error 0.3 and eps 0.5'):
     results.Workdir(w.path, defaults=DEFAULTS).load_results()
-  cfg['eps'], cfg['lr'] = 0.05, 0.07
+  cfg['eps'], cfg['lr'] = 0.05, 0.07  # a field that changes numbers: a resume refuses the config itself
+  with open(w.config_path, 'w') as f:
+    json.dump(cfg, f)
+  with pytest.raises(WorkdirError, match=r'holds a different config \(fields differ: lr\)'):
+    results.Workdir(w.path, defaults=DEFAULTS).open(config())  # (--plot_only believes config.json's fingerprint)
+  del cfg['fingerprint']  # a config.json of an older version: its fingerprint is recomputed
   with open(w.config_path, 'w') as f:
     json.dump(cfg, f)
   with pytest.raises(WorkdirError, match='line 1 .*another config'):
     results.Workdir(w.path, defaults=DEFAULTS).load_results()
+
+
+def test_an_old_config_json_without_inputs_cannot_vouch_for_a_file_target(tmp_path):
+  cfg = config()
+  w, fp = opened(tmp_path / 'wd', cfg)  # as an older version wrote it: no `inputs`
+  with pytest.raises(WorkdirError, match='does not record the content of the file config.target.path names'):
+    results.Workdir(w.path, defaults=DEFAULTS).open(results.with_inputs(cfg, {'target.path': 'sha256:00'}))
 
 
 # ---- 5. a failure at any point is resumable -----------------------------------------------------------
