@@ -10,10 +10,14 @@ seed) cells are computed. Errors that are the user's to fix (overparam.errors.Us
 tool writes and may delete, and its lock.
 """
 
+import ast
 import difflib
+import logging as std_logging
+import math
 import os
 import re
 import sys
+import time
 from typing import Optional
 
 from absl import app
@@ -21,6 +25,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
 
 from overparam import compile_cache
 from overparam.errors import UserError
@@ -37,12 +42,20 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: 
                                    '(with config.distributed; omit on Slurm/TPU pods, detected automatically).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process\'s index.')
+_COORDINATOR_TIMEOUT = flags.DEFINE_integer(
+    'coordinator_timeout_s', 300, 'Multi-process: seconds to wait for the job to assemble (process 0 for the '
+    'others, the others for process 0) before giving up with an error.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Log every phase and every chunk of every program (default: one line '
+                             'per program, and progress every 10 s of a long one).')
 _COMPILATION_CACHE = compile_cache.define_flag()
+_HELP_FLAGS = ('--help', '-help', '--helpfull', '-helpfull', '--helpshort', '-helpshort', '-h', '-?')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _VERBOSE.value:  # jax's own INFO lines (backends, cache resets) only with --verbose
+    std_logging.getLogger('jax').setLevel(std_logging.WARNING)
   try:
     _main()
   except UserError as e:  # ConfigError, TargetError, WorkdirError: the user's to fix; bugs keep their traceback
@@ -60,8 +73,8 @@ def _main():
     if not _WORKDIR.value:
       fail('--workdir is required')
     from overparam import experiments  # noqa: PLC0415
-    for p in experiments.plot_only(_WORKDIR.value):
-      logging.info('wrote %s', p)
+    paths = experiments.plot_only(_WORKDIR.value)
+    print(f'figures ({os.path.join(_WORKDIR.value, "figures")}): ' + ', '.join(os.path.basename(p) for p in paths))
     return
   config = _load_config()
   if config is None:
@@ -70,6 +83,9 @@ def _main():
     fail('--workdir is required')
   from overparam import config_lib  # noqa: PLC0415
   config_lib.validate(config)  # before jax is configured, before anything is written
+  unused = config_lib.unused_given_fields(config, [f.split('.', 1)[1] for _, f, _ in _override_tokens(sys.argv)])
+  if unused:
+    logging.warning('set but unused (no algorithm in config.algorithms reads them): %s', ', '.join(unused))
   _check_distributed(config.distributed)
   import jax  # noqa: PLC0415 - configure before any backend initializes
   compile_cache.configure(_COMPILATION_CACHE.value)
@@ -77,18 +93,25 @@ def _main():
     jax.config.update('jax_enable_x64', True)
   if config.distributed:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  from overparam import experiments  # noqa: PLC0415
-  summary = experiments.run(config, _WORKDIR.value)
-  for t in summary['thresholds']:
-    logging.info('m* %s', t)
+    from overparam import distributed  # noqa: PLC0415 - imports jax, after its configuration
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           timeout_s=_COORDINATOR_TIMEOUT.value)
+  from overparam import experiments, registry, report  # noqa: PLC0415
+  t0 = time.time()
+  summary = experiments.run(config, _WORKDIR.value, verbose=_VERBOSE.value)
+  if jax.process_index() == 0:
+    scale_free = {a: registry.get(a).scale_free for a in config.algorithms}
+    print(report.end_of_run(_WORKDIR.value, summary, experiments.load_rows(_WORKDIR.value), time.time() - t0,
+                            scale_free), flush=True)
 
 
 def _load_config():
   try:
     config = _CONFIG.value
     if config is not None:
+      problem = _not_a_config(config, getattr(flags.FLAGS['config'], 'config_filename', ''))
+      if problem:
+        fail(problem)
       config.order  # a config file that failed to load raises here, not at parse time
     return config
   except Exception as e:  # noqa: BLE001 - ml_collections reports a bad config file this way
@@ -98,6 +121,15 @@ def _load_config():
     fail(f'--config: cannot load {getattr(flags.FLAGS["config"], "config_filename", "")!r} ({detail})')
 
 
+def _not_a_config(config, filename: str) -> Optional[str]:
+  """The error message when a config file's get_config() returned something else than a ConfigDict."""
+  if isinstance(config, ml_collections.ConfigDict):
+    return None
+  name = filename or '--config'
+  return (f'--config: get_config() in {name!r} returned a {type(config).__name__}, not an ml_collections.ConfigDict; '
+          'start from config_lib.base_config() (or wrap a dict: ml_collections.ConfigDict({...}))')
+
+
 # Environments in which jax.distributed.initialize finds the coordinator by itself.
 _AUTO_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'CLOUD_TPU_TASK_ID', 'OMPI_COMM_WORLD_SIZE')
 
@@ -105,6 +137,7 @@ _AUTO_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'CLOUD_TPU_TASK_ID'
 def _check_distributed(distributed: bool):
   """One-line errors for multi-process flags that cannot work (checked before jax starts)."""
   given = [f'--{f.name}' for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+  given += ['--coordinator_timeout_s'] if _COORDINATOR_TIMEOUT.present else []
   if not distributed:
     if given:
       fail(f'{", ".join(given)} only apply with --config.distributed=True')
@@ -121,6 +154,8 @@ def _check_distributed(distributed: bool):
     fail(f'--process_id must be in [0, --num_processes={_NUM_PROCESSES.value}), got {_PROCESS_ID.value}')
   if _COORDINATOR.value is not None and not re.fullmatch(r'[^:\s]+:\d{1,5}', _COORDINATOR.value):
     fail(f'--coordinator_address must be HOST:PORT, got {_COORDINATOR.value!r}')
+  if _COORDINATOR_TIMEOUT.value < 1:
+    fail(f'--coordinator_timeout_s must be an integer >= 1, got {_COORDINATOR_TIMEOUT.value}')
 
 
 def fail(msg: str):
@@ -164,18 +199,127 @@ def _precheck_overrides(argv) -> Optional[str]:
     return None
   finally:
     sys.argv = saved
-  return None if config is None else _unknown_override(config, overrides)
+  if config is None:
+    return None
+  return _not_a_config(config, getattr(fv['config'], 'config_filename', '')) or _unknown_override(config, overrides)
+
+
+def _override_tokens(argv):
+  """(index, field name, has '=') of every --config.FIELD / --noconfig.FIELD token before a `--`."""
+  for i, tok in enumerate(argv):
+    if tok == '--':
+      return
+    flag, eq, _ = tok.lstrip('-').partition('=')
+    if tok.startswith('-') and (flag.startswith('config.') or flag.startswith('noconfig.')):
+      yield i, flag[2:] if flag.startswith('no') else flag, bool(eq)
+
+
+_NON_FINITE = {'nan': math.nan, 'inf': math.inf, 'infinity': math.inf}
+
+
+def _numbers(text: str):
+  """`text` as a tuple of Python literals in which nan, inf and infinity (any case) are floats, or None
+  if it is not one (the literals ml_collections parses, plus the non-finite floats it cannot)."""
+  try:
+    tree = ast.parse(text.strip(), mode='eval')
+  except SyntaxError:
+    return None
+
+  class Floats(ast.NodeTransformer):
+    def visit_Name(self, node):  # noqa: N802 - ast API
+      if node.id.lower() in _NON_FINITE:
+        return ast.copy_location(ast.Constant(_NON_FINITE[node.id.lower()]), node)
+      raise ValueError(node.id)
+  try:
+    value = ast.literal_eval(ast.fix_missing_locations(Floats().visit(tree)))
+  except (ValueError, TypeError, SyntaxError):
+    return None
+  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _raw_override(argv, name: str) -> Optional[str]:
+  """The text of the last --NAME on the command line (as --NAME=TEXT or --NAME TEXT)."""
+  got = None
+  for i, flag, eq in _override_tokens(argv):
+    if flag == name and not argv[i].lstrip('-').startswith('no'):
+      got = argv[i].partition('=')[2] if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+  return got
+
+
+def _fix_tuple_overrides(config, argv) -> Optional[str]:
+  """Tuple overrides, read the way scalar ones are. ml_collections appends every occurrence of a tuple
+  field (`--config.dims='(6,)' --config.dims='(8,)'` gave d = 6 and 8) while absl keeps a scalar's last
+  value: here the last occurrence wins for tuples too. And ml_collections keeps a text that
+  ast.literal_eval cannot read as one string ('(nan,1.0,1.0)' became ('(nan,1.0,1.0)',)): such a text is
+  read with nan/inf as floats (validation then names the field and what it accepts), or refused naming
+  the flag. Sets the fields of `config`; returns an error message, or None."""
+  for name in sorted({n for _, n, _ in _override_tokens(argv)}):
+    if name not in flags.FLAGS or not isinstance(flags.FLAGS[name].value, (list, tuple)):
+      continue
+    text = _raw_override(argv, name)
+    if text is None:
+      continue
+    try:
+      value = tuple_parser.TupleParser().parse(text)
+    except ValueError as e:
+      return f'--{name}={text!r}: {e}'
+    if any(isinstance(v, str) for v in value):
+      numbers = _numbers(text)
+      if numbers is not None and not any(isinstance(v, str) for v in numbers):
+        value = numbers
+      elif value == (text,) and re.search(r'^\s*[(\[]|,', text):
+        return (f'--{name}={text!r} is not a tuple literal ml_collections can read; write it as '
+                f"--{name}='(1.0, 2.0)' (numbers, nan or inf) or --{name}='(\"a\", \"b\")' (strings)")
+    node, (*parents, leaf) = config, name.split('.')[1:]
+    for part in parents:
+      node = node[part]
+    node[leaf] = tuple(value)
+  return None
+
+
+def _last_config_only(argv):
+  """argv with only the last --config=FILE (or --config FILE) kept: a field given twice takes its last
+  value, and so does --config itself (parsing two config files would define every override flag twice)."""
+  at = []
+  for i, tok in enumerate(argv[1:], 1):
+    if tok == '--':
+      break
+    if tok.lstrip('-').partition('=')[0] == 'config' and tok.startswith('-'):
+      at.append(i)
+  drop = set()
+  for i in at[:-1]:
+    drop.add(i)
+    if '=' not in argv[i]:
+      drop.add(i + 1)
+  return [a for i, a in enumerate(argv) if i not in drop]
 
 
 def parse_flags(argv):
   """absl parsing, but a bad flag or config override is one `error:` line (no traceback).
 
-  An override naming no field of the config is found by looking it up in the config itself."""
+  An override naming no field of the config is found by looking it up in the config itself. A field given
+  more than once takes its last value, tuples too (and --config); a tuple override with nan or inf
+  reads them as floats."""
+  argv = _last_config_only(argv)
+  sys.argv = list(argv)  # config_flags reads the override names from sys.argv itself
   msg = _precheck_overrides(argv)
   if msg:
     fail(msg)
   try:
-    return flags.FLAGS(argv)
+    try:
+      rest = flags.FLAGS(argv)
+    except SystemExit:
+      if any(a.split('=')[0] in _HELP_FLAGS for a in argv[1:]):
+        _print_config_help()
+      raise
+    try:
+      config = _CONFIG.value
+    except Exception:  # noqa: BLE001 - a config file that does not load: _load_config reports it
+      config = None
+    msg = _fix_tuple_overrides(config, argv) if isinstance(config, ml_collections.ConfigDict) else None
+    if msg:
+      fail(msg)
+    return rest
   except flags.Error as e:
     fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except Exception as e:  # noqa: BLE001 - a config file's own error surfaces while the flags are parsed
@@ -183,6 +327,21 @@ def parse_flags(argv):
       raise
     first = (str(e).strip().splitlines() or [''])[0]
     fail(f'--config file or --config.FIELD override is invalid ({type(e).__name__}: {first})')
+
+
+def _print_config_help():
+  """After absl's flag help: every config field with its default (the loaded config's, when --config
+  is given) and its one-line meaning."""
+  from overparam import config_lib  # noqa: PLC0415
+  try:
+    config = _CONFIG.value
+  except Exception:  # noqa: BLE001 - a config file that does not load: list the base fields
+    config = None
+  if not isinstance(config, ml_collections.ConfigDict):
+    config = config_lib.base_config()
+  print('\nconfig fields (--config.FIELD=VALUE overrides one; defaults of '
+        f'{getattr(flags.FLAGS["config"], "config_filename", "") or "config_lib.base_config()"}):')
+  print('\n'.join(config_lib.field_help(config)))
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ import numbers
 from typing import Dict, List, Tuple
 
 import jax.numpy as jnp
-from absl import logging
 import ml_collections
 
 from overparam import algorithms, core, gradient_descent, network, objectives, optim, registry, tensors
@@ -330,6 +329,82 @@ def _validate_samples(c: ml_collections.ConfigDict):
                         f'training set), got config.algorithms with {", ".join(offline)}')
 
 
+# One-line meaning of every field the algorithms do not own (theirs come from their constructors'
+# docstrings, registry.AlgorithmSpec.argument_docs): the launcher's --helpfull lists them all.
+FIELD_DOCS = {
+    'algorithms': 'the algorithms run side by side on the same targets, seeds and T*',
+    'order': 'l, the order of the symmetric tensors',
+    'dims': 'the dimensions d, one target set (and one program per algorithm and width bucket) each',
+    'rank': 'r, the rank of a generated target T* = sum_j c*_j a_j^{(x)l}',
+    'ranks': 'a sweep over r (one target set per value; rows carry rank; m* is fitted against r)',
+    'axes': "cell axes 'field=v1,v2,...' over any numeric field (a hyperparameter axis is vmapped in one program)",
+    'widths': 'the widths m of gd and beyond_lazy (and of any algorithm without its own grid)',
+    'algorithm_widths': 'per algorithm, its own width grid (empty: config.widths)',
+    'num_seeds': 'seeds per cell: seed s has its own target, init and re-initialization keys',
+    'seed': 'the first seed (seeds are seed .. seed + num_seeds - 1)',
+    'target.kind': 'how T* is made: random_unit, orthonormal or coherent a_j, or a file',
+    'target.weights': 'the weights c*_j (empty: all 1)',
+    'target.noise': 'symmetric Gaussian noise added to the dense T*, relative to ||T*||_F',
+    'target.coherence': 'the pairwise inner product of the a_j of a coherent target',
+    'target.path': 'the target file: a dense .npy (d,)*l array or a .npz CP tensor (coeffs, factors)',
+    'target.rank': 'the rank of a dense .npy target when known (rows record it; 0: unknown)',
+    'loss': 'dense (O(m d^l)), implicit (O(m^2 d), factored targets) or samples (the network view); auto picks',
+    'steps': 'the step budget of every run',
+    'alphas': "a sweep over gd's alpha (one program per width bucket; rows carry alpha)",
+    'eps': 'success: rel_error < eps (runs stop there; m* is the smallest width where half the seeds succeed)',
+    'save_params': 'write every run\'s learned coeffs and factors to params/*.npz',
+    'x64': 'run in float64 (jax_enable_x64); reported rel_errors are float64 either way',
+    'chunk_steps': 'steps per compiled chunk (progress, early exit and checkpoints between chunks)',
+    'trace_every': 'record each run\'s trajectory every this many steps (0: off)',
+    'checkpoint_every_s': 'seconds between mid-run checkpoints (0: after every chunk)',
+    'distributed': 'a multi-process run (jax.distributed; process 0 writes the workdir)',
+    'memory_gb': 'memory one device may use, checked before anything runs (0: detect)',
+    'num_samples': 'loss=samples: the training-set size n (or the batch size online)',
+    'label_noise': 'loss=samples: label noise, in units of ||T*||_F',
+    'online': 'loss=samples: fresh samples every step (one-pass SGD)',
+    'train_eps': 'loss=samples: the training error a run stops at (0: eps / 10)',
+}
+
+
+def _leaves(node, prefix=''):
+  """(dotted name, value) of every field of a config; *_kwargs and algorithm_widths.NAME as leaves."""
+  for k in node.keys():
+    v = node[k]
+    if isinstance(v, ml_collections.ConfigDict) and not k.endswith('_kwargs'):
+      yield from _leaves(v, f'{prefix}{k}.')
+    else:
+      yield f'{prefix}{k}', v
+
+
+def field_meaning(field: str) -> str:
+  """The one-line meaning of a config field: FIELD_DOCS, else the docstring of the constructor argument
+  the field feeds (the first registered algorithm that reads it); '' when none."""
+  if field in FIELD_DOCS:
+    return FIELD_DOCS[field]
+  if field.startswith('algorithm_widths.'):
+    return f'the width grid of {field.split(".", 1)[1]} (empty: config.widths)'
+  for spec in registry.specs():
+    for arg, f in spec.fields.items():
+      if f == field:
+        text = spec.argument_docs().get(arg, '')
+        return f'{spec.name}: {text}' if '.' in field else text
+  return ''
+
+
+def field_help(c=None) -> List[str]:
+  """Lines `--config.FIELD=DEFAULT  meaning` for every field of `c` (default: base_config()), with its
+  accepted range where BASE_FIELD_RANGES states one."""
+  c = base_config() if c is None else c
+  out = []
+  for field, value in _leaves(c):
+    shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    out.append(f'  --config.{field}={shown!r}')
+    meaning = field_meaning(field)
+    accepted = BASE_FIELD_RANGES.get(field) or BASE_FIELD_RANGES.get(field.split('.')[0] + '.NAME', '')
+    out.append(f'      {meaning}' + (f' [{accepted}]' if accepted else ''))
+  return out
+
+
 def validate(c: ml_collections.ConfigDict):
   """Raises ConfigError for the first field out of range, checking every cell-axis value."""
   _validate_one(c)
@@ -343,7 +418,6 @@ def validate(c: ml_collections.ConfigDict):
     for v in values:
       if v != get_field(c, field):
         _validate_one(with_values(c, {field: v}))
-  _check_unused_subconfigs(c)
 
 
 def unused_subconfig_fields(c) -> List[str]:
@@ -363,12 +437,12 @@ def unused_subconfig_fields(c) -> List[str]:
   return out
 
 
-def _check_unused_subconfigs(c):
-  """Logs a warning naming the unused fields (not an error: a config file may prepare the sub-dict
-  of an arm the user adds with --config.algorithms, as configs/default.py does for `lazy`)."""
-  unused = unused_subconfig_fields(c)
-  if unused:
-    logging.warning('set but unused (no algorithm in config.algorithms reads them): %s', ', '.join(unused))
+def unused_given_fields(c, given) -> List[str]:
+  """unused_subconfig_fields(c) restricted to the dotted fields in `given` (those the user set, e.g. on
+  the command line): a config file may prepare the sub-dict of an arm the user adds with
+  --config.algorithms (configs/default.py does for `lazy`), which is no reason for a warning."""
+  given = set(given)
+  return [u for u in unused_subconfig_fields(c) if u[len('config.'):].split(' = ')[0] in given]
 
 
 def _plain(x):

@@ -16,7 +16,6 @@ resumes mid-run.
 import functools
 import hashlib
 import json
-import os
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -110,31 +109,19 @@ def fingerprint(alg, task: core.Task, cells, n_total: int) -> str:
   return h.hexdigest()[:16]
 
 
-def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str):
-  """Atomically writes the run state and the trace recorded so far ({} when not tracing)."""
-  arrays = {f's{i}': x for i, x in enumerate(jax.tree.leaves(host_state))}
-  arrays.update({f't_{k}': v for k, v in trace.items()})
-  results.save_npz_atomic(path, **arrays, meta=np.array(json.dumps({'chunks_done': chunks_done, 'fingerprint': fp})))
+def _save_checkpoint(path: str, host_state, trace: Dict, chunks_done: int, fp: str, run_fp: Optional[str] = None):
+  """Atomically writes the run state and the trace recorded so far ({} when not tracing), stamped with
+  the program's and the run's fingerprints (results.save_checkpoint: O_NOFOLLOW, never through a link)."""
+  results.save_checkpoint(path, jax.tree.leaves(host_state), trace, chunks_done, fp, run_fp)
 
 
-def _load_checkpoint(path: str, like, fp: str):
-  """Returns (host_state, trace, chunks_done), or None if absent, unreadable or another program's."""
-  if not os.path.exists(path):
-    return None
+def _load_checkpoint(path: str, like, fp: str, run_fp: Optional[str] = None):
+  """Returns (host_state, trace, chunks_done), or None if absent or another run's or program's."""
   like_leaves, treedef = jax.tree.flatten(like)
-  try:
-    with np.load(path, allow_pickle=False) as z:
-      meta = json.loads(str(z['meta']))
-      leaves = [z[f's{i}'] for i in range(len(like_leaves))]
-      trace = {k[2:]: z[k] for k in z.files if k.startswith('t_')}
-  except Exception:  # noqa: BLE001 - an unreadable checkpoint is recomputed, never trusted
-    logging.warning('ignoring unreadable checkpoint %s', path)
+  got = results.load_checkpoint(path, like_leaves, fp, run_fp)
+  if got is None:
     return None
-  if meta.get('fingerprint') != fp or any(
-      a.shape != b.shape or a.dtype != b.dtype for a, b in zip(leaves, like_leaves)):
-    logging.warning('ignoring checkpoint %s of another program', path)
-    return None
-  return jax.tree.unflatten(treedef, leaves), trace, meta['chunks_done']
+  return jax.tree.unflatten(treedef, got[0]), got[1], got[2]
 
 
 class Outcome(NamedTuple):
@@ -156,7 +143,7 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
                 on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0,
-                verbose: bool = False):
+                verbose: bool = False, run_fingerprint: Optional[str] = None):
   """Runs every cell of one program to completion.
 
   alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
@@ -185,7 +172,7 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
   fp = fingerprint(alg, task, cells, n_total) + f'-t{trace_every}-c{chunk_steps}'
   traces = []  # host trace of each chunk so far, each name -> (n_total, T_chunk, ...)
   if checkpoint_path:
-    got = _load_checkpoint(checkpoint_path, to_host(state), fp)
+    got = _load_checkpoint(checkpoint_path, to_host(state), fp, run_fingerprint)
     if got is not None:
       state, start = to_global(got[0], sharding), got[2]
       traces = [got[1]] if got[1] else []
@@ -219,17 +206,17 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     if checkpoint_path and time.time() - last_ckpt >= checkpoint_every_s:
       host_state = to_host(state)
       if is_writer:
-        _save_checkpoint(checkpoint_path, host_state, joined(), done, fp)
+        _save_checkpoint(checkpoint_path, host_state, joined(), done, fp, run_fingerprint)
       last_ckpt = time.time()
   exported, dense, extras = to_host(finish_fn(galg, state, gdata))
   host_state = to_host(state)
   if checkpoint_path and ran and is_writer:  # chunks_done = n_chunks: a resume goes straight to finishing
-    _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp)
+    _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp, run_fingerprint)
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
   return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))
 
 
 def remove_checkpoint(path: Optional[str]):
-  if path and os.path.exists(path):
-    os.remove(path)
+  """Removes a checkpoint this tool wrote (never through a link; results.remove_checkpoint)."""
+  results.remove_checkpoint(path)

@@ -17,7 +17,7 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from overparam import analysis, config_lib, core, engine, planner, plots, registry, results, rows, targets
+from overparam import analysis, config_lib, core, distributed, engine, planner, plots, registry, results, rows, targets
 
 # Rounds of continuing runs that the in-loop test stopped as converged but whose float64 rel_error
 # is >= eps, each with a tighter in-loop threshold; a run still unconfirmed is reported 'unconfirmed'.
@@ -75,7 +75,7 @@ def plot_only(workdir: str) -> List[str]:
   nothing; returns the paths written. WorkdirError (an `error:` line naming the file) if the workdir
   has no usable config.json, a line of results.jsonl is not a row, there are no results, or figures/
   is not a folder."""
-  wd = results.Workdir(workdir)
+  wd = results.Workdir(workdir, defaults=config_lib.base_config().to_dict())  # rows checked against config.json
   if not os.path.isdir(workdir):
     raise results.WorkdirError(f'--workdir {workdir!r} is not a folder')
   cfg = wd.read_config()
@@ -95,6 +95,11 @@ def plot_only(workdir: str) -> List[str]:
   except OSError as e:
     raise results.WorkdirError(f'--workdir {workdir!r}: cannot write figures into {wd.figures_dir} '
                                f'({e.strerror or e})') from None
+
+
+def load_rows(workdir: str) -> List[Dict]:
+  """The rows of a workdir (checked against its config.json)."""
+  return results.Workdir(workdir, defaults=config_lib.base_config().to_dict()).load_results()
 
 
 def _phase(verbose: bool, msg: str, *args):
@@ -125,13 +130,17 @@ def run(c: ml_collections.ConfigDict, workdir: str,
   planner.check_memory(c, programs)  # before anything is allocated or written
   seeds = [c.seed + s for s in range(c.num_seeds)]
   scale_free = all(registry.get(a).scale_free for a in c.algorithms)
+  file_array, digest = targets.load_file(c)  # read once; its sha256 goes into the fingerprint
   end = _phase(verbose, 'building targets for %d seeds x %d dims', len(seeds), len(c.dims))
-  all_targets = targets.build_all(c, seeds, scale_free)
+  all_targets = targets.build_all(c, seeds, scale_free, file_array)
   end()
   is_writer = jax.process_index() == 0
-  wd = results.Workdir(workdir)
-  resolved = c.to_dict()
-  fp = wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer)
+  wd = results.Workdir(workdir, defaults=config_lib.base_config().to_dict())
+  resolved = results.with_inputs(c.to_dict(), {'target.path': digest})  # the content of the input files
+  # every process raises the same error when the writer's open (the lock) refuses the run
+  fp = distributed.every_process(
+      lambda: wd.open({**resolved, 'provenance': provenance()} if is_writer else resolved, is_writer),
+      undo=wd.unlock)
   try:
     return _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, figures, verbose)
   finally:
@@ -156,7 +165,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     data = planner.run_data(prog, runs, fitted)
     run_kwargs = dict(chunk_steps=config_lib.chunk_of(c), trace_every=c.trace_every, is_writer=is_writer,
                       on_chunk=on_chunk, verbose=verbose)
-    out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt,
+    out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt, run_fingerprint=fp,
                              checkpoint_every_s=c.checkpoint_every_s, label=prog.label, **run_kwargs)
     rels = None
     if prog.one:  # solved exactly in init: no in-loop stop to confirm

@@ -30,7 +30,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 
-from overparam import algorithms, analysis, registry  # noqa: E402,F401 - importing algorithms registers the built-ins
+from overparam import algorithms, analysis, registry, results  # noqa: E402,F401 - importing algorithms registers the built-ins
 
 # Which algorithms a figure treats how comes from their registry flags (registry.AlgorithmSpec):
 # `lazy` (a linearization: the lazy-threshold figure, the alpha -> inf reference) and
@@ -43,8 +43,9 @@ MARKERS = ('o', 's', 'D', '^', 'v', 'P', 'X', '<', '>')
 
 
 def _save(fig, path: str, dpi: int = DPI):
-  """The one place a figure is written to disk."""
-  fig.savefig(path, dpi=dpi)
+  """The one place a figure is written to disk: whole or not at all (temp + fsync + rename, never
+  through a link; results.save_figure_atomic)."""
+  results.save_figure_atomic(fig, path, dpi=dpi)
 
 
 def _figure(*args, figsize=None, **kwargs):

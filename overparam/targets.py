@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from overparam import config_lib, tensors
+from overparam import config_lib, input_files, tensors
 
 # Algorithms whose spec is scale_free fit T* / ||T*|| (their numbers do not depend on the scale of
 # T*): the host divides their target by a power of two near ||T*|| (exact in floating point) when
@@ -29,13 +29,13 @@ def seed_keys(seed: int):
 
 
 def load_file(c):
-  """The validated target file of config.target.path: a dense array (.npy) or (coeffs, factors)
-  (.npz), or None when target.kind is not file."""
+  """(the validated target file of config.target.path: a dense array (.npy) or (coeffs, factors)
+  (.npz), its content digest 'sha256:<hex>'), or (None, None) when target.kind is not file. A .npz
+  target gives its own rank (config.rank is not read). The file is read once and parsed from the bytes
+  whose digest the run's fingerprint records (results.with_inputs)."""
   if c.target.kind != 'file':
-    return None
-  if tensors.is_cp_file(c.target.path):  # gives its own rank (config.rank is not read)
-    return tensors.load_target_cp(c.target.path, c.order, c.dims, None)
-  return tensors.load_target_file(c.target.path, c.order, c.dims)
+    return None, None
+  return tensors.load_target(c.target.path, c.order, c.dims, None)
 
 
 def row_rank(c) -> Optional[int]:
@@ -79,23 +79,13 @@ def target_sq_f64(t: tensors.Target, order: int) -> float:
 
 def check_target(c, t: tensors.Target, dim: int, seed: int, scale_free: bool):
   """TargetError naming the target when T* is zero (all weights 0, an all-zero file, components that
-  cancel) or, for an algorithm that is not scale-free, when ||T*||^2 is not representable in the run
-  dtype."""
-  sq = target_sq_f64(t, c.order)
+  cancel) or its norm is outside the accepted range (input_files.check_target_scale: the host's
+  float64 range for every algorithm; the run dtype's [sqrt(eps), sqrt(max) / 100] for one that is not
+  scale-free)."""
   where = (f'config.target.path {c.target.path!r}' if c.target.kind == 'file'
            else f'config.target (kind {c.target.kind}, weights {tuple(c.target.weights) or "all 1"})')
-  if t.dense is not None:
-    size = float(np.sum(np.asarray(t.dense, np.float64) ** 2))
-  else:
-    size = float(np.sum(np.abs(np.asarray(t.coeffs, np.float64)) * np.linalg.norm(
-        np.asarray(t.factors, np.float64), axis=1) ** c.order)) ** 2
-  if not np.isfinite(sq) or sq <= 1e-24 * size or sq == 0.0:
-    raise tensors.TargetError(f'{where}: T* is zero (d={dim}, seed {seed}); a decomposition of the zero tensor '
-                              'is undefined')
-  fi = np.finfo(np.dtype(config_lib.dtype_of(c)))
-  if not scale_free and not (float(fi.tiny) * 1e4 < sq < float(fi.max) / 1e4):
-    raise tensors.TargetError(f'{where}: ||T*||^2 = {sq:.3g} is outside the range of {fi.dtype} (d={dim}, '
-                              f'seed {seed}); rescale the target or set config.x64=True')
+  input_files.check_target_scale(t.coeffs, t.factors, t.dense, c.order, config_lib.dtype_of(c),
+                                 f'{where} (d={dim}, seed {seed})', scale_free)
 
 
 def target_scale(t: tensors.Target, order: int) -> float:
@@ -119,9 +109,9 @@ def key_of(common: Dict) -> tuple:
   return tuple(sorted(common.items()))
 
 
-def build_all(c, seeds, scale_free: bool, log=None) -> Dict[tuple, Dict[int, tensors.Target]]:
-  """{(key_of(common values), d): {seed: T*}} for every common cell-axis value and d, each checked."""
-  file_array = load_file(c)
+def build_all(c, seeds, scale_free: bool, file_array=None) -> Dict[tuple, Dict[int, tensors.Target]]:
+  """{(key_of(common values), d): {seed: T*}} for every common cell-axis value and d, each checked.
+  file_array: load_file(c)[0]."""
   out = {}
   for cc, common in config_lib.common_configs(c):
     for dim in c.dims:

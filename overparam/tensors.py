@@ -7,8 +7,8 @@ Inner products never need the dense (d,)*l array: <u^{(x)l}, w^{(x)l}> = (u . w)
 
 import dataclasses
 import functools
+import io
 import itertools
-import os
 from typing import NamedTuple, Optional, Sequence
 
 import chex
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from overparam import input_files
 from overparam.errors import TargetError  # noqa: F401 - re-exported: tensors.TargetError
 
 TARGET_KINDS = ('random_unit', 'orthonormal', 'coherent', 'file')
@@ -224,6 +225,21 @@ def is_cp_file(path: str) -> bool:
   return str(path).lower().endswith('.npz')
 
 
+_FIELD = 'config.target.path'
+_ACCEPTED = 'a .npy file (a dense (d,)*l array) or a .npz file (coeffs, factors)'
+
+
+def load_target(path: str, order: int, dims: Sequence[int], rank: int):
+  """(the validated target of a target file, its content digest 'sha256:<hex>'): a .npz file gives
+  (coeffs, factors) (load_target_cp), any other a dense array (load_target_file). The file is read once
+  and parsed from the bytes whose digest is returned, so the run's fingerprint (results.with_inputs)
+  names exactly the tensor that was fitted."""
+  data, digest = input_files.read_input_file(path, _FIELD, _ACCEPTED)
+  if is_cp_file(path):
+    return _parse_cp(data, path, order, dims, rank), digest
+  return _parse_dense(data, path, order, dims), digest
+
+
 def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tuple:
   """Loads and validates a user's CP target: a .npz with `coeffs` (r,) and `factors` (r, d).
 
@@ -233,11 +249,14 @@ def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tup
   Returns float64 (coeffs * ||factors_j||^order, factors / ||factors_j||): the same tensor with unit
   factors, as generated targets have (c*_j is then the weight the recovery metrics compare with).
   """
-  field = 'config.target.path'
-  if not os.path.isfile(path):
-    raise TargetError(f'{field}: no such file {path!r}')
+  data, _ = input_files.read_input_file(path, _FIELD, 'a .npz file with arrays coeffs (r,) and factors (r, d)')
+  return _parse_cp(data, path, order, dims, rank)
+
+
+def _parse_cp(data: bytes, path: str, order: int, dims: Sequence[int], rank: int) -> tuple:
+  field = _FIELD
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except Exception as e:  # noqa: BLE001 - any failure to parse is the same user error
     raise TargetError(f'{field}: cannot read {path!r} as a .npz archive ({type(e).__name__})') from None
@@ -246,13 +265,17 @@ def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tup
     raise TargetError(f'{field}: {path!r} must hold arrays coeffs (r,) and factors (r, d); missing {", ".join(missing)}')
   c, a = arrays['coeffs'], arrays['factors']
   for name, x in (('coeffs', c), ('factors', a)):
-    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-      raise TargetError(f'{field}: {name} must be a real numeric array, got dtype {x.dtype}')
+    problem = input_files.dtype_problem(x.dtype)
+    if problem:
+      raise TargetError(f'{field}: {name} in {path!r}: {problem}')
     if not np.all(np.isfinite(x)):
       raise TargetError(f'{field}: {name} has {int(np.sum(~np.isfinite(x)))} non-finite entries')
   if c.ndim != 1 or a.ndim != 2 or a.shape[0] != c.shape[0] or c.shape[0] == 0:
     raise TargetError(f'{field}: coeffs must have shape (r,) and factors (r, d) with r >= 1, got '
                       f'{c.shape} and {a.shape}')
+  if a.shape[1] == 0:
+    raise TargetError(f'{field}: factors in {path!r} have shape {a.shape}, no coordinates (d = 0); a target needs '
+                      'd >= 1')
   if tuple(dims) != (a.shape[1],):
     raise TargetError(f'{field}: factors have d={a.shape[1]}, config.dims must be ({a.shape[1]},), got {tuple(dims)}')
   if rank is not None and rank != c.shape[0]:
@@ -262,31 +285,41 @@ def load_target_cp(path: str, order: int, dims: Sequence[int], rank: int) -> tup
                       'with a direction per component)')
   a = a.astype(np.float64)
   norms = np.linalg.norm(a, axis=1)
-  return c.astype(np.float64) * norms ** order, a / norms[:, None]
+  with np.errstate(over='ignore'):
+    return c.astype(np.float64) * norms ** order, a / norms[:, None]
 
 
 def load_target_file(path: str, order: int, dims: Sequence[int], sym_tol: float = 1e-5) -> np.ndarray:
   """Loads and validates a user's dense symmetric target (.npy of shape (d,)*order).
 
-  Raises TargetError naming config.target.path and what is wrong: missing or unreadable file,
-  not a numeric array, wrong order or shape, non-finite entries, or asymmetry beyond
-  sym_tol * max|T|.
+  Raises TargetError naming config.target.path and what is wrong: missing file, not a regular file
+  (a folder, a FIFO, a device), unreadable file, not a real numeric array (the dtype named in words),
+  wrong order or shape, an empty array, non-finite entries, or asymmetry beyond sym_tol * max|T|.
   """
-  field = 'config.target.path'
-  if not path:
-    raise TargetError(f'{field} must name a .npy file for target.kind=file')
-  if not os.path.isfile(path):
-    raise TargetError(f'{field}: no such file {path!r}')
+  data, _ = input_files.read_input_file(path, _FIELD, 'a .npy file (a dense (d,)*l array)')
+  return _parse_dense(data, path, order, dims, sym_tol)
+
+
+def _parse_dense(data: bytes, path: str, order: int, dims: Sequence[int], sym_tol: float = 1e-5) -> np.ndarray:
+  field = _FIELD
   try:
-    arr = np.load(path, allow_pickle=False)
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
   except Exception as e:  # noqa: BLE001 - any failure to parse is the same user error
     raise TargetError(f'{field}: cannot read {path!r} as a .npy array ({type(e).__name__})') from None
-  if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-    raise TargetError(f'{field}: {path!r} must hold a real numeric array, got dtype {getattr(arr, "dtype", type(arr))}')
+  if not isinstance(arr, np.ndarray):
+    if hasattr(arr, 'close'):
+      arr.close()
+    raise TargetError(f'{field}: {path!r} is a .npz archive; name it NAME.npz (coeffs, factors) or save one array '
+                      'with np.save')
+  problem = input_files.dtype_problem(arr.dtype)
+  if problem:
+    raise TargetError(f'{field}: {path!r}: {problem}')
   if arr.ndim != order:
     raise TargetError(f'{field}: array has order {arr.ndim}, config.order is {order}')
   if len(set(arr.shape)) != 1:
     raise TargetError(f'{field}: array must have shape (d,)*{order}, got {arr.shape}')
+  if arr.shape[0] == 0:
+    raise TargetError(f'{field}: {path!r} holds an empty array (shape {arr.shape}); a target needs d >= 1')
   if tuple(dims) != (arr.shape[0],):
     raise TargetError(f'{field}: array has d={arr.shape[0]}, config.dims must be ({arr.shape[0]},), got {tuple(dims)}')
   if not np.all(np.isfinite(arr)):

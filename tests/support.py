@@ -49,7 +49,7 @@ CLI = ['--config=configs/default.py', '--config.x64=False', '--config.dims=(6,)'
 
 def launch(workdir, *extra, env=None, **kw):
   e = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
-  # gd only, unless the test picks (a repeated tuple override would concatenate)
+  # gd only, unless the test picks its own algorithms
   algs = [] if any(a.startswith('--config.algorithms') for a in extra) else ['--config.algorithms=("gd",)']
   return subprocess.Popen([sys.executable, 'launch.py', *CLI, *algs, f'--workdir={workdir}', *extra], cwd=ROOT,
                           env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)

@@ -17,15 +17,15 @@ PKG = os.path.join(ROOT, 'overparam')
 
 # Layers, lowest first: a module may import only modules of its own or a lower layer.
 LAYERS = [
-    {'errors', 'checks', 'tensors', 'symmetric', 'lstsq', 'network', 'objectives', 'metrics', 'optim',
+    {'errors', 'checks', 'input_files', 'tensors', 'symmetric', 'lstsq', 'network', 'objectives', 'metrics', 'optim',
      'memory', 'registry', 'analysis', 'compile_cache'},                   # math, containers, pure helpers
     {'core', 'gradient_descent', 'beyond_lazy_gd', 'linearized', 'linearized_samples', 'algorithms', 'inputs', 'model',
      'fitting', 'decomposition'},                                                     # the library: algorithms and fit
-    {'config_lib', 'targets', 'planner', 'results', 'engine', 'rows', 'plots', 'report', 'experiments', 'api'},  # the engine
+    {'config_lib', 'targets', 'planner', 'results', 'distributed', 'engine', 'rows', 'plots', 'report', 'experiments', 'api'},  # the engine
 ]
 # Modules that must not import the config, the store or the engine (the math and the library).
 NO_CONFIG = LAYERS[0] | LAYERS[1]
-CONFIG_OR_ENGINE = {'config_lib', 'targets', 'planner', 'results', 'engine', 'rows', 'plots', 'experiments', 'api',
+CONFIG_OR_ENGINE = {'config_lib', 'targets', 'planner', 'results', 'distributed', 'engine', 'rows', 'plots', 'experiments', 'api',
                     'ml_collections'}
 
 

@@ -16,6 +16,7 @@ from overparam import config_lib, experiments, results, rows
 from overparam.errors import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULTS = config_lib.base_config().to_dict()
 TINY = ['--config=configs/default.py', '--config.x64=False', '--config.algorithms=("gd",)', '--config.dims=(4,)',
         '--config.rank=2', '--config.widths=(2,3)', '--config.num_seeds=1', '--config.steps=40',
         '--config.chunk_steps=20']
@@ -116,7 +117,7 @@ def test_resume_deletes_only_its_own_names(finished, tmp_path):
 @pytest.mark.slow
 def test_second_launch_is_refused_naming_the_holder(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
-  holder = results.Workdir(wd)
+  holder = results.Workdir(wd, defaults=DEFAULTS)
   holder.open(resolved_config(wd))  # this test process holds the lock, as a running launch does
   try:
     before = snapshot(wd)
@@ -131,7 +132,8 @@ def test_second_launch_is_refused_naming_the_holder(finished, tmp_path):
 @pytest.mark.slow
 def test_lock_of_a_killed_process_is_released_at_once(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
-  code = (f'import json, time; from overparam import results; w = results.Workdir({wd!r}); '
+  code = (f'import json, time; from overparam import config_lib, results; '
+          f'w = results.Workdir({wd!r}, defaults=config_lib.base_config().to_dict()); '
           f'w.open(json.load(open({os.path.join(wd, "config.json")!r}))); print("locked", flush=True); time.sleep(60)')
   p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
@@ -160,7 +162,7 @@ def test_results_without_config_are_refused(finished, tmp_path):
 
 def test_row_of_another_config_is_never_reused(finished, tmp_path):
   wd = copy_of(finished, tmp_path)
-  fp = results.config_fingerprint(resolved_config(wd))
+  fp = results.config_fingerprint(resolved_config(wd), DEFAULTS)
   rows = rows_of(wd)
   assert all(r['config_fp'] == fp for r in rows)
   rows[1]['config_fp'] = '0123456789abcdef'  # e.g. config.json replaced by hand after another run
@@ -172,13 +174,13 @@ def test_row_of_another_config_is_never_reused(finished, tmp_path):
 
 def test_fingerprint_ignores_fields_that_cannot_change_a_number():
   c = config_lib.base_config().to_dict()
-  fp = results.config_fingerprint(c)
+  fp = results.config_fingerprint(c, DEFAULTS)
   for k, v in (('memory_gb', 3.0), ('checkpoint_every_s', 1.0), ('chunk_steps', 7), ('save_params', False),
-               ('provenance', {'jax': 'x'})):
-    assert results.config_fingerprint({**c, k: v}) == fp, k
-  assert results.config_fingerprint({**c, 'lr': 0.01}) != fp
+               ('provenance', {'jax': 'x'}), ('fingerprint', '0123')):
+    assert results.config_fingerprint({**c, k: v}, DEFAULTS) == fp, k
+  assert results.config_fingerprint({**c, 'lr': 0.01}, DEFAULTS) != fp
   older = {k: v for k, v in c.items() if k != 'signs'}  # a field added later, at its default
-  assert results.config_fingerprint(older) == fp and results.config_differences(older, c) == []
+  assert results.config_fingerprint(older, DEFAULTS) == fp and results.config_differences(older, c, DEFAULTS) == []
 
 
 # ---- 12.4: workdirs that outlive the code --------------------------------------------------------------
@@ -326,6 +328,9 @@ def test_internal_bug_keeps_its_traceback(tmp_path):
     (['--config.lr=-1.0'], 'config.lr'),
     (['--config.target.kind=gaussian'], 'config.target.kind'),
     (['--config=configs/does_not_exist.py'], '--config'),
+    (['--config.target.weights=(1,foo)'], "--config.target.weights='(1,foo)' is not a tuple literal"),
+    (['--config.distributed=True', '--coordinator_address=localhost:1234', '--num_processes=2', '--process_id=1',
+      '--coordinator_timeout_s=0'], '--coordinator_timeout_s must be an integer >= 1'),
 ])
 @pytest.mark.slow
 def test_bad_flags_are_one_line_and_nothing_is_written(tmp_path, args, expect):

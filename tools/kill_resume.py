@@ -1,6 +1,6 @@
 r"""Kill-and-resume trials: SIGKILL the launcher at random moments, re-run, compare with an unbroken run.
 
-  python -m tools.kill_resume --trials=10 --kills=3 --finish_trials=5 --concurrent_trials=3
+  python -m tools.kill_resume --trials=10 --kills=3 --finish_trials=5 --concurrent_trials=3 --plot_trials=3
 
 Each trial starts the same command into a fresh workdir and then lets it finish:
 - random kills: SIGKILL after a random delay (up to `kills` times, each time re-running the command);
@@ -8,7 +8,10 @@ Each trial starts the same command into a fresh workdir and then lets it finish:
   when rows and params are being written), `kills` times;
 - concurrent launches: two launches of the same command into one workdir at once (one must be refused
   with `error: ... in use by another launch`, or find nothing left to do), then a SIGKILL of the
-  survivor and a third launch while a fourth tries to join.
+  survivor and a third launch while a fourth tries to join;
+- plot kills: SIGKILL `--plot_only` into a copy of the finished reference workdir at random moments,
+  `kills` times; after each kill every figure must still be a complete PNG (the one drawn before, or
+  the new one: figures are rendered to memory and renamed into place), then the command resumes.
 A trial passes when results.jsonl holds exactly one line per cell (0 lost, 0 duplicated), every line
 parses, every number equals the unbroken run's, and no temporary file is left in the workdir. Prints
 one line per trial and a total.
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,10 +45,11 @@ def get_config():
 COMPARED = ('rel_error', 'status', 'steps', 'movement', 'max_cos', 'recovered_fraction', 'params_file')
 
 
-def _start(workdir):
+def _start(workdir, plot_only=False):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   config = os.path.join(os.path.dirname(workdir), 'kill_resume_config.py')
-  return subprocess.Popen([sys.executable, 'launch.py', f'--config={config}', f'--workdir={workdir}'], cwd=ROOT,
+  args = ['--plot_only'] if plot_only else [f'--config={config}']
+  return subprocess.Popen([sys.executable, 'launch.py', *args, f'--workdir={workdir}'], cwd=ROOT,
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -155,7 +160,37 @@ def concurrent_trial(workdir, reference, rng):
   return events, check(workdir, reference) + check(fresh, reference)
 
 
-def main(trials=10, kills=3, max_delay=None, seed=0, finish_trials=0, concurrent_trials=0):
+def complete_png(path) -> bool:
+  """A whole PNG file: the signature, and the IEND chunk at the very end."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  return data.startswith(b'\x89PNG\r\n\x1a\n') and data[-12:-4] == b'\x00\x00\x00\x00IEND'
+
+
+def plot_trial(workdir, finished, reference, kills, rng):
+  """--plot_only into a copy of a finished workdir, SIGKILLed at random moments: after each kill every
+  figure is a complete PNG; then the command resumes (nothing to compute) and the workdir is checked."""
+  shutil.copytree(finished, workdir)
+  figures = os.path.join(workdir, 'figures')
+  drawn = sorted(os.listdir(figures))
+  problems, killed_at = [] if drawn else ['the reference run drew no figure'], []
+  for _ in range(kills):
+    p = _start(workdir, plot_only=True)
+    delay = rng.uniform(0.5, 5.0)
+    try:
+      p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+      killed_at.append(round(delay, 2))
+    for f in drawn:
+      if not complete_png(os.path.join(figures, f)):
+        problems.append(f'{f} is not a complete PNG after a kill at {delay:.2f} s')
+  run_to_end(workdir)  # a real run (nothing left to compute) removes the killed one's temporaries
+  return killed_at, problems + check(workdir, reference)
+
+
+def main(trials=10, kills=3, max_delay=None, seed=0, finish_trials=0, concurrent_trials=0, plot_trials=0):
   rng = random.Random(seed)
   with tempfile.TemporaryDirectory() as tmp:
     with open(os.path.join(tmp, 'kill_resume_config.py'), 'w') as f:
@@ -184,7 +219,13 @@ def main(trials=10, kills=3, max_delay=None, seed=0, finish_trials=0, concurrent
       failures += bool(problems)
       print(f'concurrent trial {i}: exit codes {codes}, cells {len(reference)}, '
             f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
-    n = trials + finish_trials + concurrent_trials
+    for i in range(plot_trials):
+      killed_at, problems = plot_trial(os.path.join(tmp, f'p{i}'), os.path.join(tmp, 'ref'), reference, kills, rng)
+      failures += bool(problems)
+      total_kills += len(killed_at)
+      print(f'plot trial {i}: --plot_only killed at {killed_at} s, '
+            f'{"ok" if not problems else "FAILED: " + "; ".join(problems[:5])}', flush=True)
+    n = trials + finish_trials + concurrent_trials + plot_trials
     print(f'{n - failures} passed, {failures} failed ({total_kills} kills in all)')
   return failures
 
@@ -196,6 +237,7 @@ if __name__ == '__main__':
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--finish_trials', type=int, default=3)
   ap.add_argument('--concurrent_trials', type=int, default=2)
+  ap.add_argument('--plot_trials', type=int, default=2)
   a = ap.parse_args()
   sys.exit(1 if main(a.trials, a.kills, seed=a.seed, finish_trials=a.finish_trials,
-                     concurrent_trials=a.concurrent_trials) else 0)
+                     concurrent_trials=a.concurrent_trials, plot_trials=a.plot_trials) else 0)
