@@ -61,8 +61,10 @@ def alignment(coeffs, factors, true_coeffs, true_factors, order: int, active_tol
 
 
 def movement(params: Sequence, params0: Sequence, width: int) -> float:
-  """||W - W0|| / ||W0|| over the first `width` components of every parameter array."""
-  sq = lambda x: float(np.sum(np.asarray(x, np.float64)[:width] ** 2))
-  num = sum(sq(np.asarray(p, np.float64) - np.asarray(q, np.float64)) for p, q in zip(params, params0))
-  den = sum(sq(q) for q in params0)
-  return float(np.sqrt(num / den)) if den > 0 else float('nan')
+  """||W - W0|| / ||W0|| over the first `width` components of every parameter array (inf or nan for a
+  run that diverged: no warning, the row reports null)."""
+  with np.errstate(over='ignore', invalid='ignore'):
+    sq = lambda x: float(np.sum(np.asarray(x, np.float64)[:width] ** 2))
+    num = sum(sq(np.asarray(p, np.float64) - np.asarray(q, np.float64)) for p, q in zip(params, params0))
+    den = sum(sq(q) for q in params0)
+    return float(np.sqrt(num / den)) if den > 0 else float('nan')

@@ -78,3 +78,17 @@ def test_helpfull_lists_every_field_with_its_default():
     assert f'--config.{field}=' in out, field
   assert "--config.steps=2000\n      the step budget of every run" in out  # the quick config's value
   assert "--config.beyond_lazy.lr=0.2\n      beyond_lazy: the step size in normalized units" in out
+
+
+@pytest.mark.slow
+def test_an_arm_that_diverges_ends_with_one_line_and_no_stray_warning(tmp_path):
+  """gd on a target of scale 100 diverges in every run: the end of the run says so and what to change,
+  and no numpy RuntimeWarning reaches the terminal."""
+  p = subprocess.run([sys.executable, '-W', 'error::RuntimeWarning', 'launch.py', '--config=configs/default.py:quick',
+                      '--config.algorithms=("gd",)', '--config.target.weights=(100.0,100.0,100.0)',
+                      '--config.dims=(6,)', f'--workdir={tmp_path / "wd"}'], cwd=ROOT, capture_output=True, text=True,
+                     timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert p.returncode == 0, p.stderr[-2000:]
+  assert 'RuntimeWarning' not in p.stderr
+  assert 'gd: all 6 runs diverged: lower its step size' in p.stdout and 'statuses: diverged 6' in p.stdout
+  assert len((p.stdout + p.stderr).strip().splitlines()) <= 60
