@@ -13,9 +13,10 @@ meaning sum_j coeffs_j factors_j^{(x)l}, never formed densely. Both enter only t
 (T(v, ..., v, .) for a batch of vectors) and `sq_norm`, so a step costs O(k d^l) on a dense target and
 O(k (k + r) d) on a CP one.
 
-Every function but `reduce` is pure and jittable (`order` static) with fixed output shapes: pruning and
-selection are masks (`active`, (m,) bool), not shorter arrays, so they also vmap over a batch of fits
-or targets. `reduce` is the host-side driver: validation, the rank rule, float64, compact (k,) output.
+Every function but `reduce` and `noise_gain` is pure and jittable (`order` static) with fixed output
+shapes: pruning and selection are masks (`active`, (m,) bool), not shorter arrays, so they also vmap
+over a batch of fits or targets. `reduce` is the host-side driver (validation, the rank rule,
+float64, compact (k,) output); `noise_gain` a host loop over jitted fits.
 """
 
 import functools
@@ -399,26 +400,6 @@ def fit_first(cands: Candidates, target: TargetLike, order: int, rank: jax.Array
   return refine(c, cands.factors, target, order, on, gtol, max_iter)
 
 
-def noise_gain(key: jax.Array, dim: int, order: int, draws: int = 8, starts: int = 8) -> jax.Array:
-  """E[max_u <N, u^{(x)l}>^2] / ||N||^2 for a symmetrized Gaussian tensor N (d,)*l: the fraction of a
-  noise tensor's squared norm that one rank-1 component captures (the best rank-1 fit of N gains
-  exactly <N, u^{(x)l}>^2 at its optimum u). Estimated over `draws` tensors from `key`, each the best of
-  `starts` refined rank-1 fits from uniform random directions (local optima, like the components of a
-  wide fit). About 0.12-0.3 for l = 3, d = 10..20; it falls like d^{1-l}.
-  """
-  k_noise, k_start = jax.random.split(key)
-
-  def one(keys):
-    n = tensors.symmetrize(jax.random.normal(keys[0], (dim,) * order))
-    n = n / jnp.linalg.norm(n)
-    u = jax.random.normal(keys[1], (starts, 1, dim))
-    fits = jax.vmap(lambda u0: refine(refit_weights(u0, n, order), u0, n, order, gtol=1e-8, max_iter=100))(u)
-    return 1.0 - jnp.min(fits.rel_error) ** 2
-
-  keys = jnp.stack([jax.random.split(k_noise, draws), jax.random.split(k_start, draws)], axis=1)
-  return jnp.mean(jax.lax.map(one, keys))
-
-
 # ---------------------------------------------------------------------------------------------
 # The driver.
 
@@ -449,12 +430,34 @@ class Reduction(NamedTuple):
 
 _candidates_jit = jax.jit(candidates, static_argnames=('order',))
 _fit_jit = jax.jit(fit_first, static_argnames=('order',))
-_noise_gain_jit = jax.jit(noise_gain, static_argnames=('dim', 'order', 'draws', 'starts'))
+
+
+def noise_gain(key: jax.Array, dim: int, order: int, draws: int = 8, starts: int = 8, width: int = 4) -> float:
+  """E[max_u <N, u^{(x)l}>^2] / ||N||^2 for a symmetrized Gaussian tensor N (d,)*l: the share of a noise
+  tensor's squared norm that one fitted component takes (the best rank-1 fit of N gains exactly
+  <N, u^{(x)l}>^2 at its optimum u). Estimated in float64 over `draws` tensors from `key`, each the
+  best of `starts` rank-1 fits (fit_first from a uniform random direction: local optima, like the
+  components of a wide fit). Measured: 0.17 at d = 7, 0.09 at d = 10, 0.03 at d = 20 (l = 3); it falls
+  like d^{1-l}. A host loop over the draws * starts fits, each run by the `width`-row fit program
+  (reduce compiles it anyway for ranks <= 4), so the estimate compiles nothing of its own.
+  """
+  with jax.enable_x64(True):
+    k_noise, k_start = jax.random.split(jnp.asarray(key))
+    gains = []
+    for i in range(draws):
+      n = tensors.symmetrize(jax.random.normal(jax.random.fold_in(k_noise, i), (dim,) * order))
+      n = n / jnp.linalg.norm(n)
+      u = jax.random.normal(jax.random.fold_in(k_start, i), (starts, width, dim))
+      u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+      errs = [float(_fit_jit(Candidates(jnp.zeros(width), u[s], jnp.asarray(1)), n, order, 1).rel_error)
+              for s in range(starts)]
+      gains.append(1.0 - min(errs) ** 2)
+  return float(np.mean(gains))
 
 
 @functools.lru_cache(maxsize=64)
-def _noise_gain_cached(dim: int, order: int, key_data: Tuple[int, ...]) -> float:
-  return float(_noise_gain_jit(jnp.asarray(key_data, jnp.uint32), dim=dim, order=order))
+def _noise_gain_cached(dim: int, order: int, key_data: Tuple[int, ...], width: int) -> float:
+  return noise_gain(jnp.asarray(key_data, jnp.uint32), dim, order, width=width)
 
 
 def _key_data(key) -> Tuple[int, ...]:
@@ -520,7 +523,7 @@ def reduce(coeffs, factors, target, order: Optional[int] = None, rank: Optional[
   too large); a true component that the wide fit never found, or that shares a cluster with another
   (directions with |cos| >= merge_cos merge: k too small); a wide fit that stopped far from the
   target (k stays at most the first rank as good as it); a CP target, which has no noise test.
-  key: PRNG key of the noise_gain estimate (default PRNGKey(0); cached per (d, l, key)).
+  key: PRNG key of the noise_gain estimate (default PRNGKey(0); cached per (d, l, key, width)).
 
   Raises ConfigError (an argument out of range, named) or TargetError (a target that is not a finite,
   non-zero symmetric tensor or CP pair of the fit's dimension).
@@ -554,7 +557,7 @@ def reduce(coeffs, factors, target, order: Optional[int] = None, rank: Optional[
     else:
       use_noise = noise_margin is not None and not is_cp(tgt)
       if use_noise:
-        eta2 = _noise_gain_cached(d, order, key_data)
+        eta2 = _noise_gain_cached(d, order, key_data, _width(1, m))
       k, rule = _pick_rank(lambda j: float(fit(j).rel_error), distinct, wide, d, order, rank_rtol, rank_atol,
                            noise_margin if use_noise else None, eta2)
     best = fit(k)

@@ -475,7 +475,7 @@ def test_noise_gain_matches_a_power_iteration_estimate():
   rng = np.random.default_rng(13)
   order, d = 3, 7
   oracle = np.mean([np_best_rank1_gain(np_sym(rng.normal(size=(d,) * order)), rng) for _ in range(24)])
-  got = rd._noise_gain_cached(d, order, rd._key_data(None))
+  got = rd.noise_gain(jax.random.PRNGKey(0), d, order)
   assert 0.75 * oracle < got < 1.25 * oracle, (got, oracle)
   n = np_sym(rng.normal(size=(d,) * order))
   u0 = unit(rng.normal(size=(1, d)))
