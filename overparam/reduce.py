@@ -311,10 +311,13 @@ def refine(coeffs: jax.Array, factors: jax.Array, target: TargetLike, order: int
   Stops when the relative gradient norm
     grad_norm = sqrt(||df/dc||^2 / ||T*||^2 + ||df/dV||^2 / ||T*||^4)
   (the gradient of 1/2 rel_error^2 with respect to (c / ||T*||, V) at unit V: scale free) is <= gtol
-  (status converged; default 1e-8: f then lies within ~gtol^2 ||T*||^2 of its stationary value, and a
-  noisy fit's f resolves steps down to ~sqrt(f * 1e-16) in float64; use ~1e-4 in float32), after max_iter
-  iterations (max_iter), or when lam exceeds 1e16 (stalled: no step decreases f at this precision,
-  e.g. an exact fit of a CP target, whose residual norm cancels at ~1e-8 relative).
+  (status converged), after max_iter iterations (max_iter), or when lam exceeds 1e16 (stalled: no
+  step decreases f at this precision). Default gtol 1e-8: near a stationary point f - f_stat ~
+  grad_norm^2 / (2 h) ||T*||^2 with h the smallest curvature of the normalized problem, negligible for
+  a noisy target; f resolves a step only down to grad_norm ~ sqrt(1e-16 * rel_error^2) in float64, so
+  much smaller gtol stalls on noisy targets. At zero residual (an exact low-rank target) rel_error is
+  ~grad_norm at the stop, and a CP target's residual norm cancels at ~1e-8 relative: 'stalled' there
+  means converged to that precision. float32 inputs run in float32: use gtol ~1e-4.
 
   coeffs (k,), factors (k, d) (normalized first); active (k,) bool: inactive components are held at
   weight 0 (their rows are returned unchanged). gtol and max_iter may be traced. Returns Refined.
