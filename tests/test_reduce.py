@@ -173,6 +173,9 @@ def test_greedy_order_takes_one_piece_of_a_split_component():
   assert perm[1] == 2, perm
   perm = np.asarray(rd.greedy_order(jnp.asarray(v), jnp.asarray(t), order, jnp.asarray([True, False, True])))
   np.testing.assert_array_equal(perm[2], 1)                        # the non-pool row last
+  # candidates uses that order: the pieces (cos 0.88 < merge_cos) stay apart, b comes second
+  cands = rd.candidates(jnp.asarray([0.5, 0.5, 0.45]), jnp.asarray(v), jnp.asarray(t), order)
+  assert int(cands.distinct) == 3 and abs(float(np.asarray(cands.factors)[1] @ b)) > 1 - 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
