@@ -20,6 +20,9 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
   peers_vs_tensorly          TensorLy ALS time per solve / beyond_lazy time per solve (compile incl.,
                              cold: a fresh process and an empty compilation cache)
   peers_vs_tensorly_warm_cache  the same, beyond_lazy in a second process reading the compilation cache
+  reduce_vs_tensorly         TensorLy ALS (svd init) time per solve / decompose + reduce(rank=r) warm time per
+                             solve, 16 noisy rank-3..5 targets (success rates on the line)
+  reduce_success             reduce(rank=None) success (rank and residual within 5% of the best) / ALS's
   cache_relaunch             first launch / re-launch wall of configs/default.py (quick: :quick) into a
                              fresh workdir, jax's persistent compilation cache shared (goal >= 1.5)
   compile_share              compile seconds (trace + lower + XLA compile) / wall of the first launch
@@ -48,6 +51,7 @@ BENCHMARKS = (
     ('capability_bench', 'benchmarks.capability_bench', (), True),
     ('sweep_bench', 'benchmarks.sweep_bench', (), True),
     ('peers_bench', 'benchmarks.peers_bench', (), True),
+    ('reduce_bench', 'benchmarks.reduce_bench', (), True),
     ('cache_bench', 'benchmarks.cache_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
     ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
@@ -59,12 +63,12 @@ RATIO_LINE = re.compile(r'ratio=([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf
 
 
 def run_one(name, module, extra, quick, out_dir):
-  if module == 'benchmarks.peers_bench':
+  if module in ('benchmarks.peers_bench', 'benchmarks.reduce_bench'):
     try:
       import tensorly  # noqa: F401,PLC0415
     except ImportError:
-      return [f'peers_vs_tensorly skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) '
-              f'ratio=nan']
+      label = 'peers_vs_tensorly' if module == 'benchmarks.peers_bench' else 'reduce_vs_tensorly'
+      return [f'{label} skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) ratio=nan']
   cmd = [sys.executable, '-m', module, *extra] + (['--quick'] if quick else [])
   env = dict(os.environ)
   env['PYTHONPATH'] = common.ROOT + os.pathsep + env.get('PYTHONPATH', '')
