@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from overparam import checks, compile_cache, core, fitting, inputs, metrics, objectives, registry, tensors
+from overparam import reduce as reduce_module
 from overparam.errors import ArgumentError, ConfigError, TargetError
 
 OPTIONS = ('steps', 'eps', 'seed', 'restarts', 'x64', 'plateau', 'compilation_cache')
@@ -56,6 +57,33 @@ class Decomposition:
   eps: Optional[float]
   extras: Dict[str, Any]
   target: tensors.Target
+
+  def reduce(self, rank: Optional[int] = None, **options) -> 'Decomposition':
+    """The rank-k decomposition this (wide) fit supports: prune components of negligible weight, merge
+    components whose directions coincide (sign-aware), refit the weights by least squares and refine
+    factors and weights at rank k to a stationary point of ||T - T*||^2 (overparam/reduce.py, `reduce`,
+    which documents the rank rule, its options and when it fails).
+
+    rank=None picks k: the smallest rank as good as this fit, made robust to a fit that also fitted
+    noise (a dense target's noise test); rank=k forces k (an integer in [1, width]; ConfigError
+    otherwise: never a padded answer). Returns a Decomposition of k components (unit factors) with
+    its float64 rel_error against the input tensor; status converged iff rel_error < eps (else
+    max_steps; with eps=None: plateau when the refinement reached a stationary point); steps: the refinement's iterations; extras: rank, rule, grad_norm, the refinement's
+    status ('refine'), wide_rel_error, the refined rel_error of every rank scanned ('rel_errors').
+    """
+    if self.coeffs is None:
+      raise ConfigError(f'reduce: the {self.algorithm} model is not a CP tensor (no coeffs and factors to reduce)')
+    target = self.target.dense if self.target.dense is not None else (self.target.coeffs, self.target.factors)
+    red = reduce_module.reduce(self.coeffs, self.factors, target, self.order, rank, **options)
+    status = 'converged' if self.eps is not None and red.rel_error < self.eps else 'max_steps'
+    if self.eps is None:
+      status = 'plateau' if red.status == 'converged' else 'max_steps'
+    extras = {'rank': red.rank, 'rule': red.rule, 'grad_norm': red.grad_norm, 'refine': red.status,
+              'wide_rel_error': red.wide_rel_error, 'rel_errors': red.rel_errors}
+    if self.target.factors is not None:
+      extras.update(metrics.recovery(red.coeffs, red.factors, self.target.coeffs, self.target.factors, self.order))
+    return dataclasses.replace(self, coeffs=red.coeffs, factors=red.factors, rel_error=float(red.rel_error),
+                               status=status, steps=int(red.iterations), width=int(red.rank), extras=extras)
 
   def __repr__(self):
     shape = None if self.factors is None else self.factors.shape

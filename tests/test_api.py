@@ -221,3 +221,35 @@ def test_import_is_light():
           'assert "overparam.experiments" in sys.modules; print("ok")')
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-2000:]
+
+
+def _noisy(seed=3, d=10, weights=(1.0, 0.8, 0.6, 0.5), noise=0.03):
+  import itertools  # noqa: PLC0415
+  rng = np.random.default_rng(seed)
+  a = rng.normal(size=(len(weights), d))
+  a /= np.linalg.norm(a, axis=1, keepdims=True)
+  t = dense(np.asarray(weights), a, 3)
+  n = rng.normal(size=t.shape)
+  n = sum(n.transpose(p) for p in itertools.permutations(range(3))) / 6
+  return t + noise * np.linalg.norm(t) / np.linalg.norm(n) * n
+
+
+@pytest.mark.slow
+def test_reduce_with_default_options_gives_the_rank_of_a_noisy_tensor():
+  """The wide fit stops at eps carrying duplicated and tiny components; reduce() turns it into the
+  rank-4 answer, a stationary point whose residual is the noise floor (below the wide fit's)."""
+  t = _noisy()
+  wide = overparam.decompose(t, 12)
+  red = wide.reduce()
+  assert red.width == 4 and red.coeffs.shape == (4,) and red.factors.shape == (4, 10)
+  np.testing.assert_allclose(np.linalg.norm(red.factors, axis=1), 1.0, rtol=1e-12)
+  assert red.rel_error < 0.035 and red.extras['refine'] == 'converged' and red.extras['rule'] in ('fit', 'noise')
+  np.testing.assert_allclose(red.rel_error, numpy_rel_error(red, t, 3), rtol=1e-9)
+  forced = wide.reduce(rank=3)
+  assert forced.width == 3 and forced.rel_error > red.rel_error
+  with pytest.raises(ConfigError, match=r'rank must be None or an integer in \[1, 12\] \(at most the width m=12'):
+    wide.reduce(rank=13)
+  with pytest.raises(ConfigError, match='not a CP tensor'):
+    overparam.decompose(t, 30, algorithm='lazy_exact', x64=True).reduce()
+  many = overparam.decompose_many(np.stack([t, _noisy(seed=4)]), 12)
+  assert [m.reduce().width for m in many] == [4, 4]

@@ -18,7 +18,7 @@ PKG = os.path.join(ROOT, 'overparam')
 # Layers, lowest first: a module may import only modules of its own or a lower layer.
 LAYERS = [
     {'errors', 'checks', 'input_files', 'tensors', 'symmetric', 'lstsq', 'network', 'objectives', 'metrics', 'optim',
-     'memory', 'registry', 'analysis', 'compile_cache'},                   # math, containers, pure helpers
+     'memory', 'registry', 'analysis', 'compile_cache', 'reduce'},                   # math, containers, pure helpers
     {'core', 'gradient_descent', 'beyond_lazy_gd', 'linearized', 'linearized_samples', 'algorithms', 'inputs', 'model',
      'fitting', 'decomposition'},                                                     # the library: algorithms and fit
     {'config_lib', 'targets', 'planner', 'results', 'distributed', 'engine', 'rows', 'plots', 'report', 'experiments', 'api'},  # the engine
