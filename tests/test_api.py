@@ -253,3 +253,37 @@ def test_reduce_with_default_options_gives_the_rank_of_a_noisy_tensor():
     overparam.decompose(t, 30, algorithm='lazy_exact', x64=True).reduce()
   many = overparam.decompose_many(np.stack([t, _noisy(seed=4)]), 12)
   assert [m.reduce().width for m in many] == [4, 4]
+
+
+@pytest.mark.slow
+def test_run_from_two_threads(tmp_path):
+  """overparam.run is thread-safe (registry and cache settings under locks, figures without pyplot):
+  two threads into two workdirs both finish with the rows of a sequential run; two into one workdir:
+  one of them is refused by the workdir's lock."""
+  import threading  # noqa: PLC0415
+  from tests.support import load_rows, tiny_config  # noqa: PLC0415
+  c = tiny_config(steps=60)
+  errors, done = [], []
+
+  def go(wd):
+    try:
+      done.append(overparam.run(c, wd))
+    except Exception as e:  # noqa: BLE001 - collected for the assertion
+      errors.append(e)
+
+  threads = [threading.Thread(target=go, args=(str(tmp_path / f'w{i}'),)) for i in range(2)]
+  for th in threads:
+    th.start()
+  for th in threads:
+    th.join(300)
+  assert not errors and len(done) == 2, errors
+  key = lambda rs: sorted((r['width'], r['seed'], r['rel_error'], r['steps']) for r in rs)
+  assert key(load_rows(str(tmp_path / 'w0'))) == key(load_rows(str(tmp_path / 'w1')))
+  assert sorted(os.listdir(tmp_path / 'w0' / 'figures')) == sorted(os.listdir(tmp_path / 'w1' / 'figures'))
+  errors.clear()
+  same = [threading.Thread(target=go, args=(str(tmp_path / 'same'),)) for _ in range(2)]
+  for th in same:
+    th.start()
+  for th in same:
+    th.join(300)
+  assert all('in use by another launch' in str(e) for e in errors) and len(errors) <= 1
