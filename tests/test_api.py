@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -287,3 +288,35 @@ def test_run_from_two_threads(tmp_path):
   for th in same:
     th.join(300)
   assert all('in use by another launch' in str(e) for e in errors) and len(errors) <= 1
+
+
+def _readme_block(after: str) -> str:
+  """The first indented code block of README.md after the line starting with `after`, dedented."""
+  lines = open(os.path.join(ROOT, 'README.md')).read().splitlines()
+  i = next(k for k, l in enumerate(lines) if l.startswith(after))
+  while not lines[i].startswith('    '):
+    i += 1
+  block = []
+  while i < len(lines) and (lines[i].startswith('    ') or not lines[i].strip()):
+    block.append(lines[i][4:])
+    i += 1
+  return '\n'.join(block)
+
+
+@pytest.mark.slow
+def test_readme_examples_print_what_readme_says(tmp_path):
+  """The README's first example (fit, vmaps) and its decompose example, run in a fresh process
+  (float32 by default), print exactly what README states."""
+  fit_code = _readme_block('## Python API: the functional core')
+  dec_code = _readme_block('## Decompose a tensor')
+  claimed_fit = re.search(r"# (converged .*?) \(float32\)", fit_code).group(1)
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  claimed_dec = re.search(r'prints `(converged 71 .*?)`', readme).group(1)
+  script = fit_code + '\nprint("---")\n' + dec_code
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  p = subprocess.run([sys.executable, '-c', script], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                     timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  first, second = p.stdout.split('---\n')
+  assert first.splitlines()[0] == claimed_fit
+  assert second.strip() == claimed_dec
