@@ -106,16 +106,12 @@ def checked_dense(target, order: Optional[int] = None):
     return arr, arr.ndim
   _finite(arr, 'target')
   a64 = np.asarray(arr, np.float64)
-  scale = float(np.max(np.abs(a64)))
-  if scale == 0.0:
+  if float(np.max(np.abs(a64))) == 0.0:
     raise TargetError('target is the zero tensor: its decomposition is undefined')
-  for k in range(arr.ndim - 1):  # adjacent transpositions generate every permutation
-    perm = list(range(arr.ndim))
-    perm[k], perm[k + 1] = perm[k + 1], perm[k]
-    gap = float(np.max(np.abs(a64 - a64.transpose(perm)))) / scale
-    if gap > SYM_TOL:
-      raise TargetError(f'target is not symmetric (relative gap {gap:.2e} under swapping axes {k} and {k + 1}, '
-                        f'tolerance {SYM_TOL:.0e})')
+  gap, k = tensors.asymmetry(a64)
+  if gap > SYM_TOL:
+    raise TargetError(f'target is not symmetric (relative gap {gap:.2e} under swapping axes {k} and {k + 1}, '
+                      f'tolerance {SYM_TOL:.0e})')
   perms = list(itertools.permutations(range(arr.ndim)))
   if any(not np.array_equal(a64, a64.transpose(p)) for p in perms):
     a64 = sum(a64.transpose(p) for p in perms) / math.factorial(arr.ndim)

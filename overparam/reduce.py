@@ -661,16 +661,12 @@ def _check_target(target, order, d):
   order = t.ndim if order is None else int(order)
   if t.shape != (d,) * order:
     raise TargetError(f'target must have shape {(d,) * order} (d={d} from factors, order={order}), got {t.shape}')
-  scale = float(np.max(np.abs(t)))
-  if scale == 0:
+  if float(np.max(np.abs(t))) == 0:
     raise TargetError('target: the tensor is zero')
-  for k in range(order - 1):  # adjacent transpositions generate all permutations
-    perm = list(range(order))
-    perm[k], perm[k + 1] = perm[k + 1], perm[k]
-    gap = float(np.max(np.abs(t - t.transpose(perm)))) / scale
-    if gap > SYM_TOL:
-      raise TargetError(f'target is not symmetric (relative gap {gap:.1e} under swapping axes {k} and {k + 1}, '
-                        f'tolerance {SYM_TOL:.0e})')
+  gap, k = tensors.asymmetry(t)
+  if gap > SYM_TOL:
+    raise TargetError(f'target is not symmetric (relative gap {gap:.1e} under swapping axes {k} and {k + 1}, '
+                      f'tolerance {SYM_TOL:.0e})')
   return t, order
 
 

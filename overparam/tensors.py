@@ -135,6 +135,21 @@ def _cp_self_inner_jvp(order, primals, tangents):
   return c @ pc, 2.0 * jnp.vdot(pc, dc) + 2.0 * order * jnp.vdot(mv, dv)
 
 
+def asymmetry(arr) -> tuple:
+  """(largest relative gap max|T - T^perm| / max|T|, the first axis k of the adjacent swap (k, k+1)
+  that has it) of a numpy array: 0 for a symmetric tensor (adjacent swaps generate every permutation)."""
+  a = np.asarray(arr, np.float64)
+  scale = max(float(np.max(np.abs(a))), np.finfo(np.float64).tiny)
+  worst, at = 0.0, 0
+  for k in range(a.ndim - 1):
+    perm = list(range(a.ndim))
+    perm[k], perm[k + 1] = perm[k + 1], perm[k]
+    gap = float(np.max(np.abs(a - a.transpose(perm)))) / scale
+    if gap > worst:
+      worst, at = gap, k
+  return worst, at
+
+
 def symmetrize(t: jax.Array) -> jax.Array:
   """Average of t over all permutations of its axes (the projection onto symmetric tensors)."""
   perms = list(itertools.permutations(range(t.ndim)))
@@ -324,14 +339,10 @@ def _parse_dense(data: bytes, path: str, order: int, dims: Sequence[int], sym_to
     raise TargetError(f'{field}: array has d={arr.shape[0]}, config.dims must be ({arr.shape[0]},), got {tuple(dims)}')
   if not np.all(np.isfinite(arr)):
     raise TargetError(f'{field}: array has {int(np.sum(~np.isfinite(arr)))} non-finite entries')
-  scale = max(float(np.max(np.abs(arr))), np.finfo(np.float64).tiny)
-  for k in range(order - 1):  # adjacent transpositions generate all permutations
-    perm = list(range(order))
-    perm[k], perm[k + 1] = perm[k + 1], perm[k]
-    gap = float(np.max(np.abs(arr - arr.transpose(perm)))) / scale
-    if gap > sym_tol:
-      raise TargetError(f'{field}: array is not symmetric (relative gap {gap:.2e} under swapping axes '
-                        f'{k} and {k + 1}, tolerance {sym_tol:.0e})')
+  gap, k = asymmetry(arr)
+  if gap > sym_tol:
+    raise TargetError(f'{field}: array is not symmetric (relative gap {gap:.2e} under swapping axes '
+                      f'{k} and {k + 1}, tolerance {sym_tol:.0e})')
   # Project out the asymmetry within tolerance: the dense loss's gradient assumes a symmetric T*,
   # and for a symmetric model ||T - T*||^2 = ||T - sym(T*)||^2 + const.
   arr = arr.astype(np.float64)
