@@ -20,6 +20,12 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
   peers_vs_tensorly          TensorLy ALS time per solve / beyond_lazy time per solve (compile incl.,
                              cold: a fresh process and an empty compilation cache)
   peers_vs_tensorly_warm_cache  the same, beyond_lazy in a second process reading the compilation cache
+  decompose_warm_vs_parafac  TensorLy parafac(t, 3) / a warm overparam.decompose(t, 6) of the same d = 10,
+                             l = 3, rank-3 tensor, calls interleaved (goal >= 0.5: within 2x)
+  decompose_many_vs_parafac_loop  a Python loop of parafac over 64 such tensors / decompose_many of the 64
+                             (warm; goal >= 4), success rates of all on the line
+  decompose_cold             a fresh process to decompose's first answer, compilation cache off / warm
+                             disk cache (imports, programs compiled, compile seconds on the line)
   cache_relaunch             first launch / re-launch wall of configs/default.py (quick: :quick) into a
                              fresh workdir, jax's persistent compilation cache shared (goal >= 1.5)
   compile_share              compile seconds (trace + lower + XLA compile) / wall of the first launch
@@ -48,6 +54,7 @@ BENCHMARKS = (
     ('capability_bench', 'benchmarks.capability_bench', (), True),
     ('sweep_bench', 'benchmarks.sweep_bench', (), True),
     ('peers_bench', 'benchmarks.peers_bench', (), True),
+    ('decompose_bench', 'benchmarks.decompose_bench', (), True),
     ('cache_bench', 'benchmarks.cache_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
     ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
@@ -59,11 +66,11 @@ RATIO_LINE = re.compile(r'ratio=([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf
 
 
 def run_one(name, module, extra, quick, out_dir):
-  if module == 'benchmarks.peers_bench':
+  if module in ('benchmarks.peers_bench', 'benchmarks.decompose_bench'):
     try:
       import tensorly  # noqa: F401,PLC0415
     except ImportError:
-      return [f'peers_vs_tensorly skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) '
+      return [f'{name} skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) '
               f'ratio=nan']
   cmd = [sys.executable, '-m', module, *extra] + (['--quick'] if quick else [])
   env = dict(os.environ)
