@@ -4,10 +4,10 @@ r"""Lazy model: GD on the `jax.linearize` model versus recomputing `jax.jvp` at 
 
 The same runs (l = 3, cp, random unit targets of rank 3, Nesterov momentum 0.9, step
 1/lambda_max(J^T J)) trained three ways, each in the engine's compiled program (vmapped over the
-runs, `lax.scan` over the steps, `sweep.compiled`), each in its own subprocess so that its peak
+runs, `lax.scan` over the steps, `engine.compiled`), each in its own subprocess so that its peak
 resident memory is its own:
 
-  linearize        `lazy.Lazy` as the package runs it: T_lin(W) = T(W0) + lin(W - W0) with
+  linearize        `linearized.Lazy` as the package runs it: T_lin(W) = T(W0) + lin(W - W0) with
                    `_, lin = jax.linearize(T, W0)` (traced inside the step; XLA may hoist the
                    W0-only part out of the scan loop)
   jvp_each_step    the neural-tangents way (`nt.linearize`): T_lin(W) = f0 + jvp(T, (W0,), (W - W0,))
@@ -60,57 +60,58 @@ ARMS = ('linearize', 'jvp_each_step', 'linearize_once')
 
 
 def _setup(order, dim, width, runs, steps):
-  from overparam import config_lib, experiments  # noqa: PLC0415
+  """(task, the program's stacked algorithm value, host RunData) of the engine's lazy program."""
+  from overparam import config_lib, planner, targets  # noqa: PLC0415
   c = config_lib.base_config()
   c.algorithms, c.order, c.dims, c.rank, c.widths = ('lazy',), order, (dim,), 3, (width,)
   c.num_seeds, c.steps, c.chunk_steps, c.eps = runs, steps, steps, 1e-30
   c.lazy.momentum = 0.9
-  tg = {s: experiments.make_target(c, dim, s, None) for s in range(runs)}
-  cells = [(width, s) for s in range(runs)]
-  return c, experiments.build_algorithm('lazy', c, dim, width), experiments.run_data(c, cells, tg, width, 'dense')
+  tg = {s: targets.make_target(c, dim, s, None) for s in range(runs)}
+  (prog,) = planner.plan(c)
+  cells = prog.cells(range(runs))
+  return prog.task, planner.run_algorithm(prog, cells), planner.run_data(prog, cells, tg)
 
 
 def _jvp_class():
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
-  from overparam import algorithms, lazy  # noqa: PLC0415
+  from overparam import core, linearized, objectives  # noqa: PLC0415
 
+  @core.register
   @dataclasses.dataclass(frozen=True)
-  class LazyJvp(lazy.Lazy):
-    """lazy.Lazy with the neural-tangents linearization: jvp at W0 recomputed at every step."""
+  class LazyJvp(linearized.Lazy):
+    """linearized.Lazy with the neural-tangents linearization: jvp at W0 recomputed at every step."""
 
-    def step(self, state, data):
-      t_star = lazy.dense_target(data.target, self.spec.order)
+    def step(self, task, state, data):
+      t_star = objectives.dense_target(data.target, task.order)
 
       def loss(p):
-        f0, jd = jax.jvp(lambda q: self.model(q, data), (state.params0,), (lazy._sub(p, state.params0),))
+        f0, jd = jax.jvp(lambda q: self.model(task, q, data), (state.params0,), (linearized._sub(p, state.params0),))
         r = f0 + jd - t_star
         dl = 0.5 * jnp.sum(r * r)
         return dl, dl
 
       out, grads = jax.value_and_grad(loss, has_aux=True)(state.params)
-      return algorithms.guarded_update(state, out, grads, self._opt(state.aux['lr']), self.eps, self.steps,
-                                       data.target_sq)
+      return core.guarded_update(task, state, out, grads, self._opt(task, state.aux['lr']), data)
   return LazyJvp
 
 
-def _linearize_once_chunk(alg, steps):
+def _linearize_once_chunk(task, steps):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
-  from overparam import algorithms, lazy  # noqa: PLC0415
+  from overparam import core, linearized, objectives  # noqa: PLC0415
 
-  def chunk(state, data):
-    _, lin = alg.linearize(state.params0, data)
-    t_star = lazy.dense_target(data.target, alg.spec.order)
+  def chunk(alg, state, data):
+    _, lin = alg.linearize(task, state.params0, data)
+    t_star = objectives.dense_target(data.target, task.order)
 
     def body(s, _):
       def loss(p):
-        r = s.aux['t0'] + lin(lazy._sub(p, s.params0)) - t_star
+        r = s.aux['t0'] + lin(linearized._sub(p, s.params0)) - t_star
         dl = 0.5 * jnp.sum(r * r)
         return dl, dl
       out, grads = jax.value_and_grad(loss, has_aux=True)(s.params)
-      return algorithms.guarded_update(s, out, grads, alg._opt(s.aux['lr']), alg.eps, alg.steps,
-                                       data.target_sq), None
+      return core.guarded_update(task, s, out, grads, alg._opt(task, s.aux['lr']), data), None
     return jax.lax.scan(body, state, None, length=steps)[0], {}
   return chunk
 
@@ -120,28 +121,28 @@ def child(arm: str, quick: bool, save_dir: str):
   import jax  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import sweep  # noqa: PLC0415
+  from overparam import engine  # noqa: PLC0415
   size = QUICK if quick else FULL
-  c, alg, data = _setup(**size)
-  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
+  task, alg, data = _setup(**size)
+  sharding = NamedSharding(engine.run_mesh(), P('runs'))
   if arm == 'jvp_each_step':
     alg = _jvp_class()(**{f.name: getattr(alg, f.name) for f in dataclasses.fields(alg)})
-  init, chunk, *_ = sweep.compiled(alg, c.steps, sharding, 0)
+  init, chunk, _ = engine.compiled(jax.tree.structure(alg), task, task.steps, sharding, 0)
   if arm == 'linearize_once':
-    chunk = jax.jit(jax.vmap(_linearize_once_chunk(alg, c.steps)), out_shardings=sharding, donate_argnums=0)
-  g = sweep.to_global(data, sharding)
-  compiled = chunk.lower(init(g), g).compile()
+    chunk = jax.jit(jax.vmap(_linearize_once_chunk(task, task.steps)), out_shardings=sharding, donate_argnums=1)
+  galg, g = engine.to_global(alg, sharding), engine.to_global(data, sharding)
+  compiled = chunk.lower(galg, init(galg, g), g).compile()
   mem = compiled.memory_analysis()
   times = []
   for _ in range(3):
-    st = jax.block_until_ready(init(g))
+    st = jax.block_until_ready(init(galg, g))
     t0 = time.perf_counter()
-    out = jax.block_until_ready(compiled(st, g))[0]
+    out = jax.block_until_ready(compiled(galg, st, g))[0]
     times.append(time.perf_counter() - t0)
   factors = np.asarray(out.params['factors'])
   np.save(os.path.join(save_dir, f'{arm}.npy'), factors)
   print(json.dumps({
-      'arm': arm, 'step_s': min(times) / c.steps, 'xla_bytes': int(
+      'arm': arm, 'step_s': min(times) / task.steps, 'xla_bytes': int(
           mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes),
       'temp_bytes': int(mem.temp_size_in_bytes), 'peak_rss': common.peak_rss_bytes(),
       'rel_error_mean': float(np.mean(np.asarray(out.rel_err)))}))
@@ -189,21 +190,24 @@ def main_grid(quick: bool = False):
   common.header('lazy_bench (grid)', quick)
   import numpy as np  # noqa: PLC0415
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import config_lib, experiments, sweep  # noqa: PLC0415
+  from overparam import config_lib, engine, planner, targets as targets_lib  # noqa: PLC0415
   size = GRID_QUICK if quick else GRID_FULL
   widths = grid_widths(size['lo'], size['hi'])
   order, dim, seeds = size['order'], size['dim'], list(range(size['seeds']))
   c = config_lib.base_config()
   c.algorithms, c.order, c.dims, c.rank, c.widths, c.num_seeds = ('lazy_exact',), order, (dim,), 3, widths, len(seeds)
   c.x64, c.init_scale, c.lazy.symmetric_init = True, 0.3, True
-  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
-  targets = {s: experiments.make_target(c, dim, s, None) for s in seeds}
+  sharding = NamedSharding(engine.run_mesh(), P('runs'))
+  targets = {s: targets_lib.make_target(c, dim, s, None) for s in seeds}
+  (grid_prog,) = planner.plan(c)  # lazy_exact: the whole grid is one program (one run per seed)
+  per_width = config_lib.algorithm_of(c, 'lazy_exact')  # widths=(): the per-width path
 
-  def program(alg, cells, bucket):
-    """(seconds, (state, exported, dense, extras)) of init + finish on the cells, compiled beforehand."""
-    init, _, finish = sweep.compiled(alg, 1, sharding, 0)
-    g = sweep.to_global(experiments.run_data(c, cells, targets, bucket, 'dense'), sharding)
-    f = lambda: jax.block_until_ready((lambda st: (st,) + tuple(finish(st, g)))(init(g)))
+  def program(prog, runs):
+    """(seconds, (state, exported, dense, extras)) of init + finish on the runs, compiled beforehand."""
+    alg = engine.to_global(planner.run_algorithm(prog, runs), sharding)
+    init, _, finish = engine.compiled(jax.tree.structure(alg), prog.task, 1, sharding, 0)
+    g = engine.to_global(planner.run_data(prog, runs, targets), sharding)
+    f = lambda: jax.block_until_ready((lambda st: (st,) + tuple(finish(alg, st, g)))(init(alg, g)))
     f()
     times = []
     for _ in range(3):
@@ -212,16 +216,18 @@ def main_grid(quick: bool = False):
       times.append(time.perf_counter() - t0)
     return min(times), jax.tree.map(np.asarray, out)
 
+  def bucket_program(ws):
+    return grid_prog._replace(widths=tuple(ws), one=False, algs=(per_width,))
+
   big = widths[-1]
-  t_alone, _ = program(experiments.build_algorithm('lazy_exact', c, dim, big), [(big, s) for s in seeds], big)
+  t_alone, _ = program(bucket_program([big]), [(big, s, 0) for s in seeds])
   t_sum, ref = 0.0, {}
-  for ws in sweep.bucket_widths(widths):
-    cells = [(m, s) for m in ws for s in seeds]
-    t, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, max(ws)), cells, max(ws))
+  for ws in planner.bucket_widths(widths):
+    cells = [(m, s, 0) for m in ws for s in seeds]
+    t, (st, _, _, ex) = program(bucket_program(ws), cells)
     t_sum += t
-    ref.update({cell: (float(st.rel_err[i]), int(ex['tangent_rank'][i])) for i, cell in enumerate(cells)})
-  t_grid, (st, _, _, ex) = program(experiments.build_algorithm('lazy_exact', c, dim, big, widths),
-                                [(big, s) for s in seeds], big)
+    ref.update({(m, s): (float(st.rel_err[i]), int(ex['tangent_rank'][i])) for i, (m, s, _) in enumerate(cells)})
+  t_grid, (st, _, _, ex) = program(grid_prog, [(big, s, 0) for s in seeds])
   worst_rel, rank_ok = 0.0, True
   for i, s in enumerate(seeds):
     for j, m in enumerate(widths):

@@ -29,9 +29,9 @@ def loss_and_grad(order, dim, width, rank, loss, key):
   target = tensors.make_target(jax.random.fold_in(key, 1), 'random_unit', order, dim, rank)
   if loss == 'dense':
     target = target._replace(dense=tensors.dense_cp(target.coeffs, target.factors, order))
-  spec = objectives.Spec(order, 'cp', loss)
   ones = jnp.ones(width)
-  fn = jax.jit(jax.value_and_grad(lambda p, t: objectives.objective(p, ones, ones, t, spec)[0]))
+  # The library's objective as gd evaluates it (cp parametrization, no padding, reg = 0).
+  fn = jax.jit(jax.value_and_grad(lambda p, t: objectives.objective(p, ones, ones, t, order, 'cp', loss, 0.0)[0]))
   return fn, params, target
 
 

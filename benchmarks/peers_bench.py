@@ -9,7 +9,7 @@ rel_error = ||T - T*||_F / ||T*||_F evaluated densely in float64 (T* from the sa
 
   beyond_lazy m=20   the library's algorithm with its defaults, eps 1e-2
   gd m=20            plain GD on the cp parametrization, init 0.3, lr 0.1, eps 1e-2
-                     (both stop in float32 at 0.99 eps, algorithms.F32_STOP_MARGIN, so that the
+                     (both stop in float32 at 0.99 eps, core.F32_STOP_MARGIN, so that the
                      float64 error they report lands below eps)
   tensorly_power     symmetric_parafac_power_iteration(T, r) (defaults: 10 repeats, 10 iterations)
   tensorly_als_r     parafac(T, r)   (defaults: svd init, n_iter_max 100, tol 1e-8)
@@ -17,7 +17,7 @@ rel_error = ||T - T*||_F / ||T*||_F evaluated densely in float64 (T* from the sa
   tensorly_als_r_rnd parafac(T, r, init='random', random_state=seed)
 
 TensorLy runs with OPENBLAS_NUM_THREADS=1 (see the comment at the imports: its best case here).
-Ours run as ONE program over the 16 targets (sweep.run_program, as the launcher runs them), each
+Ours run as ONE program over the 16 targets (engine.run_program, as the launcher runs them), each
 arm in fresh subprocesses that share one new compilation cache directory
 (JAX_COMPILATION_CACHE_DIR, enabled as launch.py enables it, overparam/compile_cache.py):
   cold        the first process, empty cache: time per solve = program wall time / 16, tracing,
@@ -25,7 +25,8 @@ arm in fresh subprocesses that share one new compilation cache directory
   warm_cache  a second process: the same, the executables read from the cache (tracing and
               lowering still run) -- any later launch;
   warm        the same program run again in that process (nothing compiled);
-  single      (not --quick) the median over targets of a warm single-run program.
+  single      (not --quick) the median over targets of a warm overparam.fit (one run, its cached
+              compiled program; the same run as the engine's, tests/test_fit.py).
 Each child also reports how its program wall time splits into tracing, lowering and backend
 compile (or cache read), from jax.monitoring. TensorLy (numpy backend, float64) solves one target
 at a time: time per solve is the median.
@@ -60,21 +61,21 @@ def our_config(alg: str):
   c.num_seeds = N_TARGETS
   c.steps, c.chunk_steps = 8000, 50
   c.checkpoint_every_s = 1e9
-  c.eps = SUCCESS  # in float32 the runs stop at 0.99 eps (algorithms.F32_STOP_MARGIN)
+  c.eps = SUCCESS  # in float32 the runs stop at 0.99 eps (core.F32_STOP_MARGIN)
   if alg == 'gd':
     c.parametrization, c.init_scale, c.lr = 'cp', 0.3, 0.1
   return c
 
 
 def targets():
-  from overparam import experiments  # noqa: PLC0415
+  from overparam import targets as targets_lib  # noqa: PLC0415
   c = our_config('gd')
-  return {s: experiments.make_target(c, DIM, s, None) for s in range(N_TARGETS)}
+  return {s: targets_lib.make_target(c, DIM, s, None) for s in range(N_TARGETS)}
 
 
 def dense64(coeffs, factors):
   from overparam import objectives  # noqa: PLC0415
-  return objectives._np_dense(np.asarray(coeffs, np.float64), np.asarray(factors, np.float64), ORDER)
+  return objectives.np_dense(np.asarray(coeffs, np.float64), np.asarray(factors, np.float64), ORDER)
 
 
 def rel_error(t, t_star):
@@ -85,13 +86,15 @@ def solve_ours(alg_name: str, single: bool) -> dict:
   """In this process (a child): errors (16,), steps (16,), {timing: seconds per solve}, compile split."""
   import jax  # noqa: PLC0415
   from benchmarks.cache_bench import EVENTS, union_seconds  # noqa: PLC0415
-  from overparam import compile_cache, experiments, objectives, sweep  # noqa: PLC0415
+  import overparam  # noqa: PLC0415
+  from overparam import compile_cache, config_lib, engine, objectives, planner  # noqa: PLC0415
   compile_cache.configure()  # as launch.py does: JAX_COMPILATION_CACHE_DIR (set by the parent)
   tg = targets()
   c = our_config(alg_name)
-  cells = [(WIDTH, s) for s in sorted(tg)]
-  alg = experiments.build_algorithm(alg_name, c, DIM, WIDTH)
-  data = experiments.run_data(c, cells, tg, WIDTH, 'implicit')
+  (prog,) = planner.plan(c)
+  cells = prog.cells(sorted(tg))
+  alg = planner.run_algorithm(prog, cells)
+  data = planner.run_data(prog, cells, tg)
   spans = {k: [] for k in EVENTS.values()}
   per_fn = {}  # backend compile (or cache read) seconds per jitted function
 
@@ -103,26 +106,28 @@ def solve_ours(alg_name: str, single: bool) -> dict:
 
   jax.monitoring.register_event_time_span_listener(on_span)
   t0 = time.perf_counter()
-  out = sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
+  out = engine.run_program(alg, prog.task, data, cells, chunk_steps=c.chunk_steps)
   first = time.perf_counter() - t0
   jax.monitoring.unregister_event_time_span_listener(on_span)
   split = {k: union_seconds(v) for k, v in spans.items()}
   split['compile'] = union_seconds([x for v in spans.values() for x in v])
   split['top'] = sorted(per_fn.items(), key=lambda kv: -kv[1])[:3]
   t0 = time.perf_counter()
-  sweep.run_program(alg, data, cells, chunk_steps=c.chunk_steps)
+  engine.run_program(alg, prog.task, data, cells, chunk_steps=c.chunk_steps)
   warm = time.perf_counter() - t0
   errs = [objectives.rel_error_f64(out.exported[0][i], out.exported[1][i], tg[s], ORDER)
-          for i, (_, s) in enumerate(cells)]
+          for i, (_, s, _) in enumerate(cells)]
   times = {'first': first / len(cells), 'warm': warm / len(cells)}
   if single:
     ts = []
-    for k, cell in enumerate(cells):
-      d1 = experiments.run_data(c, [cell], tg, WIDTH, 'implicit')
+    one = config_lib.algorithm_of(c, alg_name)
+    for k, s in enumerate(sorted(tg)):
+      key, t = jax.random.PRNGKey(s), overparam.CPTensor(tg[s].coeffs, tg[s].factors, ORDER)
+      fit = lambda: jax.block_until_ready(overparam.fit(one, key, t, width=WIDTH, steps=c.steps, eps=c.eps).rel_error)
       if k == 0:
-        sweep.run_program(alg, d1, [cell], chunk_steps=c.chunk_steps)  # compile the 1-run program
+        fit()  # compile fit's program (cached for the other targets)
       t0 = time.perf_counter()
-      sweep.run_program(alg, d1, [cell], chunk_steps=c.chunk_steps)
+      fit()
       ts.append(time.perf_counter() - t0)
     times['single'] = float(np.median(ts))
   return {'errs': errs, 'steps': np.asarray(out.state.step).tolist(), 'times': times, 'split': split,

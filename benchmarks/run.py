@@ -23,6 +23,12 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
   reduce_vs_tensorly         TensorLy ALS (svd init) time per solve / decompose + reduce(rank=r) warm time per
                              solve, 16 noisy rank-3..5 targets (success rates on the line)
   reduce_success             reduce(rank=None) success (rank and residual within 5% of the best) / ALS's
+  decompose_warm_vs_parafac  TensorLy parafac(t, 3) / a warm overparam.decompose(t, 6) of the same d = 10,
+                             l = 3, rank-3 tensor, calls interleaved (goal >= 0.5: within 2x)
+  decompose_many_vs_parafac_loop  a Python loop of parafac over 64 such tensors / decompose_many of the 64
+                             (warm; goal >= 4), success rates of all on the line
+  decompose_cold             a fresh process to decompose's first answer, compilation cache off / warm
+                             disk cache (imports, programs compiled, compile seconds on the line)
   cache_relaunch             first launch / re-launch wall of configs/default.py (quick: :quick) into a
                              fresh workdir, jax's persistent compilation cache shared (goal >= 1.5)
   compile_share              compile seconds (trace + lower + XLA compile) / wall of the first launch
@@ -52,6 +58,7 @@ BENCHMARKS = (
     ('sweep_bench', 'benchmarks.sweep_bench', (), True),
     ('peers_bench', 'benchmarks.peers_bench', (), True),
     ('reduce_bench', 'benchmarks.reduce_bench', (), True),
+    ('decompose_bench', 'benchmarks.decompose_bench', (), True),
     ('cache_bench', 'benchmarks.cache_bench', (), True),
     ('lazy_bench', 'benchmarks.lazy_bench', (), True),
     ('lazy_grid', 'benchmarks.lazy_bench', ('--part=grid',), True),
@@ -63,12 +70,12 @@ RATIO_LINE = re.compile(r'ratio=([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf
 
 
 def run_one(name, module, extra, quick, out_dir):
-  if module in ('benchmarks.peers_bench', 'benchmarks.reduce_bench'):
+  if module in ('benchmarks.peers_bench', 'benchmarks.reduce_bench', 'benchmarks.decompose_bench'):
     try:
       import tensorly  # noqa: F401,PLC0415
     except ImportError:
-      label = 'peers_vs_tensorly' if module == 'benchmarks.peers_bench' else 'reduce_vs_tensorly'
-      return [f'{label} skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) ratio=nan']
+      return [f'{name} skipped: TensorLy not installed (pip install -r benchmarks/requirements.txt) '
+              f'ratio=nan']
   cmd = [sys.executable, '-m', module, *extra] + (['--quick'] if quick else [])
   env = dict(os.environ)
   env['PYTHONPATH'] = common.ROOT + os.pathsep + env.get('PYTHONPATH', '')

@@ -7,9 +7,12 @@ All three arms run the same algorithm (gd, cp, implicit loss, sgd) on the same t
 with early stopping disabled (eps = 1e-30), so they compute the same numbers; the script checks
 that they agree. Times include compilation; compile time is also reported on its own (profile below).
 
-  sweep        engine programs (one per width bucket, all seeds and widths of a bucket vmapped)
-  one_at_time  each (width, seed) run as its own jitted lax.scan (one compile per width)
-  python_loop  each run as a Python loop of a jitted step; timed on two seeds per width (the first
+  sweep        engine programs (planner.plan: one per width bucket, all seeds and widths of a bucket
+               vmapped; engine.run_program, as the launcher runs them)
+  one_at_time  each (width, seed) run as its own overparam.fit (its compiled while_loop program,
+               compiled once per width and cached; the loop runs all steps since eps = 1e-30)
+  python_loop  each run as a Python loop of a jitted single-run alg.step on fit's run data
+               (fitting.prepare, fitting.run_data); timed on two seeds per width (the first
                compiles, the second is warm) and extrapolated as first + (seeds - 1) * warm
   sweep_Ndev   (informative, when the host has N > 1 cores) the engine arm again in a subprocess
                with JAX_NUM_CPU_DEVICES=N, so the run axis is sharded over N CPU devices, one per
@@ -37,11 +40,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from overparam import config_lib, experiments, sweep
+import overparam
+from overparam import config_lib, engine, fitting, planner, targets as targets_lib
 
 
 def bench_config(quick: bool):
   c = config_lib.base_config()
+  c.algorithms = ('gd',)
+  c.parametrization = 'cp'
   c.order, c.dims, c.rank = 3, (40,), 3
   c.widths = (4, 8, 12, 16, 24, 32, 48, 64)
   c.num_seeds = 8 if quick else 64
@@ -56,52 +62,45 @@ def bench_config(quick: bool):
 def _inputs(c):
   d = c.dims[0]
   seeds = [c.seed + s for s in range(c.num_seeds)]
-  targets = {s: experiments.make_target(c, d, s, None) for s in seeds}
+  targets = {s: targets_lib.make_target(c, d, s, None) for s in seeds}
   return d, seeds, targets
 
 
 def run_sweep(c):
-  """Engine: one program per bucket. Returns ({(m, s): final coeffs}, seconds)."""
+  """Engine: one program per bucket (planner.plan). Returns ({(m, s): final coeffs}, seconds)."""
   d, seeds, targets = _inputs(c)
   out = {}
   t0 = time.perf_counter()
-  for ws in sweep.bucket_widths(c.widths):
-    b = max(ws)
-    cells = [(m, s) for m in ws for s in seeds]
-    alg = experiments.build_algorithm('gd', c, d, b)
-    res = sweep.run_program(alg, experiments.run_data(c, cells, targets, b, 'implicit'), cells,
-                            chunk_steps=c.steps)
-    for i, (m, s) in enumerate(cells):
+  for prog in planner.plan(c):
+    runs = prog.cells(seeds)
+    res = engine.run_program(planner.run_algorithm(prog, runs), prog.task, planner.run_data(prog, runs, targets), runs,
+                             chunk_steps=c.steps)
+    for i, (m, s, _) in enumerate(runs):
       out[m, s] = res.exported[0][i][:m]
   return out, time.perf_counter() - t0
 
 
-def _single(c, m, s, targets, d):
-  alg = experiments.build_algorithm('gd', c, d, m)
-  data = jax.tree.map(lambda x: x[0], experiments.run_data(c, [(m, s)], targets, m, 'implicit'))
-  return alg, data
+def _cp(c, t):
+  return overparam.CPTensor(t.coeffs, t.factors, c.order)
 
 
 def run_one_at_a_time(c):
+  """Each (width, seed) as its own overparam.fit (one compiled program per width, cached)."""
   d, seeds, targets = _inputs(c)
+  alg = config_lib.algorithm_of(c, 'gd')
   out = {}
   t0 = time.perf_counter()
   for m in c.widths:
-    alg = experiments.build_algorithm('gd', c, d, m)
-
-    @jax.jit
-    def solve(data, alg=alg):
-      body = lambda st, _: (alg.step(st, data), None)
-      return alg.export(jax.lax.scan(body, alg.init(data), None, length=c.steps)[0], data)[0]
-
     for s in seeds:
-      _, data = _single(c, m, s, targets, d)
-      out[m, s] = np.asarray(solve(data))
+      res = overparam.fit(alg, jax.random.PRNGKey(s), _cp(c, targets[s]), width=m, steps=c.steps, eps=c.eps)
+      out[m, s] = np.asarray(res.coeffs)
   return out, time.perf_counter() - t0
 
 
 def run_python_loop(c):
-  """Two seeds per width; returns ({(m, s): coeffs}, extrapolated seconds for every seed)."""
+  """Each run as a Python loop of a jitted alg.step on fit's run (fitting.prepare + fitting.run_data: the
+  same task, keys and data as overparam.fit). Two seeds per width; returns ({(m, s): coeffs},
+  extrapolated seconds for every seed)."""
   d, seeds, targets = _inputs(c)
   out, total = {}, 0.0
   for m in c.widths:
@@ -109,13 +108,16 @@ def run_python_loop(c):
     times = []
     for s in seeds[:2]:
       t0 = time.perf_counter()
-      alg, data = _single(c, m, s, targets, d)
+      task, t, width, eps, alg = fitting.prepare(config_lib.algorithm_of(c, 'gd'), _cp(c, targets[s]), m, c.steps,
+                                                 c.eps, None)
+      data = fitting.run_data(alg, task, jax.random.PRNGKey(s), t, width, eps)
       if step is None:
-        step, init = jax.jit(alg.step), jax.jit(alg.init)
-      st = init(data)
+        step = jax.jit(lambda a, st, dt, task=task: a.step(task, st, dt))
+        init = jax.jit(lambda a, dt, task=task: a.init(task, dt))
+      st = init(alg, data)
       for _ in range(c.steps):
-        st = step(st, data)
-      out[m, s] = np.asarray(alg.export(st, data)[0])
+        st = step(alg, st, data)
+      out[m, s] = np.asarray(alg.export(task, st, data)[0])
       times.append(time.perf_counter() - t0)
     total += times[0] + (len(seeds) - 1) * times[-1]
   return out, total
@@ -130,32 +132,32 @@ def profile(c):
   """Per bucket: compile seconds of each compiled function, warm chunk seconds, FLOP/s."""
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
   d, seeds, targets = _inputs(c)
-  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
+  sharding = NamedSharding(engine.run_mesh(), P('runs'))
   rows = []
-  for ws in sweep.bucket_widths(c.widths):
-    b = max(ws)
-    cells = [(m, s) for m in ws for s in seeds]
-    alg = experiments.build_algorithm('gd', c, d, b)
-    g = sweep.to_global(experiments.run_data(c, cells, targets, b, 'implicit'), sharding)
-    sweep.compiled.cache_clear()
+  for prog in planner.plan(c):
+    b, ws = prog.bucket, list(prog.widths)
+    cells = prog.cells(seeds)
+    alg = engine.to_global(planner.run_algorithm(prog, cells), sharding)
+    g = engine.to_global(planner.run_data(prog, cells, targets), sharding)
+    engine.compiled.cache_clear()
     jax.clear_caches()
-    fns = sweep.compiled(alg, c.steps, sharding, 0)
+    fns = engine.compiled(jax.tree.structure(alg), prog.task, c.steps, sharding, 0)
     comp = {}
     t0 = time.perf_counter()
-    init = fns[0].lower(g).compile()
+    init = fns.init.lower(alg, g).compile()
     comp['init'] = time.perf_counter() - t0
-    state = init(g)
+    state = init(alg, g)
     for name, fn in (('chunk', fns.chunk), ('finish', fns.finish)):
       t0 = time.perf_counter()
-      compiled_fn = fn.lower(state, g).compile()
+      compiled_fn = fn.lower(alg, state, g).compile()
       comp[name] = time.perf_counter() - t0
       if name == 'chunk':
         chunk = compiled_fn
     times = []
     for _ in range(2):
-      st = jax.block_until_ready(init(g))
+      st = jax.block_until_ready(init(alg, g))
       t0 = time.perf_counter()
-      jax.block_until_ready(chunk(st, g))
+      jax.block_until_ready(chunk(alg, st, g))
       times.append(time.perf_counter() - t0)
     run_s = min(times)
     flops = flops_per_run_step(c, b) * len(cells) * c.steps

@@ -13,6 +13,7 @@ smallest float64 rel_error is kept.
 
 import dataclasses
 import difflib
+import itertools
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import jax
@@ -141,13 +142,41 @@ def _run_dtype(x64):
   return np.float32
 
 
+_ALGORITHMS: Dict = {}  # (name, hyperparameters) -> (spec, algorithm value): values are frozen, reused
+
+
 def _algorithm(name: str, hyperparameters: Mapping):
   """The algorithm value of `name` with the given hyperparameters: constructor argument names, their
   config-field spellings (dotted 'beyond_lazy.lr', top-level 'lr' for gd) or a nested dict
-  (beyond_lazy={'lr': 0.1}); ConfigError naming an unknown one."""
+  (beyond_lazy={'lr': 0.1}); ConfigError naming an unknown one. Values built from hashable
+  hyperparameters are cached (the same spec: a re-registered name builds anew)."""
   spec = registry.find(name)
   if spec is None:
     raise ConfigError(f'algorithm must be one of {", ".join(registry.names())}, got {name!r}')
+  try:
+    key = (name, _typed(tuple(sorted(hyperparameters.items()))))
+    hash(key)
+  except TypeError:  # a dict, list or array value (optimizer_kwargs, a nested dict): built every call
+    key = None
+  hit = _ALGORITHMS.get(key) if key is not None else None
+  if hit is not None and hit[0] is spec:
+    return hit[1]
+  alg = _make_algorithm(spec, hyperparameters)
+  if key is not None:
+    if len(_ALGORITHMS) >= 256:
+      _ALGORITHMS.clear()
+    _ALGORITHMS[key] = (spec, alg)
+  return alg
+
+
+def _typed(x):
+  """x with the type of every value beside it (1, 1.0 and True are equal keys, not equal arguments)."""
+  if isinstance(x, tuple):
+    return tuple(_typed(v) for v in x)
+  return (type(x), x)
+
+
+def _make_algorithm(spec, hyperparameters: Mapping):
   by_field = {f: a for a, f in spec.fields.items()}
   kwargs = {}
   for key, value in hyperparameters.items():
@@ -253,25 +282,63 @@ def decompose_many(tensors_in, width: int, *, order: Optional[int] = None, algor
   alg = _algorithm(algorithm, hyperparameters)
   compile_cache.configure(compilation_cache)
   dtype = _run_dtype(x64)
-  values, hosts = [], []
-  for i, t in enumerate(batch):
-    try:
-      value, host = _target_input(t, order, dtype or _input_dtype(t, order))
-    except TargetError as e:
-      raise TargetError(str(e).replace('target', 'tensor' if len(batch) == 1 else f'tensor {i}', 1)) from None
-    values.append(value)
-    hosts.append(host)
-  shapes = {tuple(np.shape(v.factors if isinstance(v, tensors.CPTensor) else v)) for v in values}
-  if len(shapes) > 1:
-    raise TargetError(f'tensors must all have one shape (one compiled program), got shapes {sorted(shapes)}')
-  stacked = jax.tree.map(lambda *xs: np.stack(xs), *values)
-  task, t0, width, eps, alg_run = fitting.prepare(alg, values[0], width, steps, eps, plateau)
-  stacked_target = (tensors.Target(coeffs=stacked.coeffs, factors=stacked.factors)
-                    if isinstance(stacked, tensors.CPTensor) else tensors.Target(dense=stacked))
+  fast = _dense_batch(batch, order, dtype)
+  if fast is not None:
+    stacked, hosts = fast
+    first = stacked[0]
+  else:
+    values, hosts = [], []
+    for i, t in enumerate(batch):
+      try:
+        value, host = _target_input(t, order, dtype or _input_dtype(t, order))
+      except TargetError as e:
+        raise TargetError(str(e).replace('target', 'tensor' if len(batch) == 1 else f'tensor {i}', 1)) from None
+      values.append(value)
+      hosts.append(host)
+    shapes = {tuple(np.shape(v.factors if isinstance(v, tensors.CPTensor) else v)) for v in values}
+    if len(shapes) > 1:
+      raise TargetError(f'tensors must all have one shape (one compiled program), got shapes {sorted(shapes)}')
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *values)
+    first = values[0]
+  # the checked inputs' task and run dtype (fitting.prepare without checking the targets again)
+  if isinstance(first, tensors.CPTensor):
+    task = fitting.make_task(first.order, 'implicit', steps, eps, plateau)
+    run = inputs.run_dtype(np.result_type(first.coeffs.dtype, first.factors.dtype))
+    stacked_target = tensors.Target(coeffs=stacked.coeffs, factors=stacked.factors)
+  else:
+    task = fitting.make_task(first.ndim, 'dense', steps, eps, plateau)
+    run = inputs.run_dtype(first.dtype)
+    stacked_target = tensors.Target(dense=stacked)
+  alg_run = core.as_leaves(alg, run)
   keys = seed_keys(seed, restarts)
   exe = fitting.executable(alg_run, task, width, keys, stacked_target, eps, kind='batched')
-  out = jax.device_get(exe(alg_run, keys, stacked_target, eps))
+  # to the host: what the results read (not the parameters, nor the in-loop dtype's rel_error)
+  out = jax.device_get(exe(alg_run, keys, stacked_target, eps)._replace(params=None, params0=None, rel_error=None))
   return [_result(out, i, hosts[i], algorithm, alg, width, task.order, seed, eps) for i in range(len(batch))]
+
+
+def _dense_batch(batch, order, dtype):
+  """(stacked values (n, d, ..., d) in the run dtype, host targets) of a batch of dense float32/float64
+  arrays of one dtype and one shape (d,)*l that are all finite, non-zero and exactly symmetric,
+  checked in one pass; None for any other batch (then each tensor is checked alone, as
+  inputs.checked_dense does, which names the first bad one and projects a nearly symmetric one). The
+  numbers are those of the per-tensor path: its float64 copy, cast to the run dtype."""
+  if not all(isinstance(t, (np.ndarray, jax.Array)) for t in batch):
+    return None
+  shape, kind = batch[0].shape, np.dtype(batch[0].dtype)
+  if kind not in (np.float32, np.float64) or any(t.shape != shape or np.dtype(t.dtype) != kind for t in batch):
+    return None
+  if len(shape) < 2 or len(set(shape)) != 1 or shape[0] < 1 or (order is not None and order != len(shape)):
+    return None
+  a64 = np.asarray(np.stack([np.asarray(t) for t in batch]), np.float64)
+  flat = a64.reshape(len(batch), -1)
+  if not np.all(np.isfinite(flat)) or not np.all(np.max(np.abs(flat), axis=1) > 0):
+    return None
+  for perm in itertools.permutations(range(1, len(shape) + 1)):
+    if not np.array_equal(a64, a64.transpose((0,) + perm)):
+      return None
+  run = dtype or _input_dtype(batch[0], order)
+  return a64.astype(run), [tensors.Target(dense=a64[i]) for i in range(len(batch))]
 
 
 def seed_keys(seed: int, n: int) -> np.ndarray:

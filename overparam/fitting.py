@@ -172,10 +172,15 @@ def prepare(algorithm, target, width, steps, eps, plateau):
   steps = inputs.steps(steps)
   eps = inputs.eps(eps)
   t, order, loss = inputs.as_target(target)
-  window = (tuple(plateau) if plateau is not None else PLATEAU) if eps is None else None
-  task = core.Task(order=order, loss=loss, steps=steps, plateau=window)
   dtype = (t.dense if t.dense is not None else t.factors).dtype
-  return task, t, width, eps, core.as_leaves(algorithm, dtype)
+  return make_task(order, loss, steps, eps, plateau), t, width, eps, core.as_leaves(algorithm, dtype)
+
+
+def make_task(order: int, loss: str, steps: int, eps, plateau) -> core.Task:
+  """The core.Task of a run of checked inputs: eps=None trains to the plateau rule (`plateau`, default
+  PLATEAU), else no plateau rule."""
+  window = (tuple(plateau) if plateau is not None else PLATEAU) if eps is None else None
+  return core.Task(order=order, loss=loss, steps=steps, plateau=window)
 
 
 def check_memory(compiled, width: int, limit: int = 0):

@@ -101,6 +101,15 @@ def test_optimizer_kwargs_override():
     overparam.decompose(t, 3, algorithm='gd', optimizer_kwargs={'nope': 1})
 
 
+def test_algorithm_values_are_reused_but_arguments_still_checked():
+  t = dense(*planted(), 3)
+  a = overparam.decompose(t, 3, steps=5, lr=1)
+  assert overparam.decompose(t, 3, steps=5, lr=1).hyperparameters is a.hyperparameters  # built once
+  assert overparam.decompose(t, 3, steps=5, lr=1.0).hyperparameters is not a.hyperparameters  # 1.0 is not 1
+  with pytest.raises(ArgumentError, match='lr'):
+    overparam.decompose(t, 3, steps=5, lr=True)  # equal to 1 as a key, refused as an argument
+
+
 def test_restarts_keep_the_best_and_batches_are_one_program():
   c, a = planted()
   t_star = dense(c, a, 3)
@@ -114,8 +123,23 @@ def test_restarts_keep_the_best_and_batches_are_one_program():
     one = overparam.decompose(t, 3, eps=1e-3, x64=True)
     np.testing.assert_allclose(m.factors, one.factors, rtol=1e-10, atol=1e-13)
     assert m.status == one.status and m.steps == one.steps
+  # a stacked float array is checked in one pass: the same numbers as the per-tensor checks (lists)
+  listed = overparam.decompose_many([t.tolist() for t in stack], 3, eps=1e-3, x64=True)
+  for m, l in zip(many, listed):
+    np.testing.assert_array_equal(m.factors, l.factors)
+    np.testing.assert_array_equal(m.target.dense, l.target.dense)
+    assert m.rel_error == l.rel_error and m.status == l.status and m.steps == l.steps
+  # a nearly symmetric tensor in a stack is projected as decompose projects it alone
+  rng = np.random.default_rng(1)
+  near = np.stack([t_star, t_star + 1e-9 * rng.normal(size=t_star.shape)])
+  got = overparam.decompose_many(near, 3, eps=1e-3, x64=True)
+  alone = overparam.decompose(near[1], 3, eps=1e-3, x64=True)
+  np.testing.assert_array_equal(got[1].target.dense, alone.target.dense)
+  assert not np.array_equal(got[1].target.dense, near[1])
   with pytest.raises(TargetError, match='one shape'):
     overparam.decompose_many([t_star, np.ones((4, 4, 4))], 3)
+  with pytest.raises(TargetError, match='tensor 1 has 1 non-finite'):
+    overparam.decompose_many(np.stack([t_star, np.where(t_star == t_star.max(), np.inf, t_star)]), 3)
   with pytest.raises(TargetError, match='tensor 1 is not symmetric'):
     overparam.decompose_many([t_star, np.arange(125.0).reshape(5, 5, 5)], 3)
 
