@@ -109,6 +109,9 @@ class RunData(NamedTuple):
     for loss = 'samples').
   samples, sample_key: loss = 'samples' only (else None): the fixed training set (network.Samples;
     None when online) and the key of the run's batches.
+  dim_mask: None, or (D,) with 1 on the run's d real coordinates when its program is built at a
+    padded D (config.pad_dims; only for algorithms whose registry spec has pads_dims): T*'s factors
+    are zero-padded to D, and the algorithm's draws use only the real coordinates.
   """
   init_key: jax.Array
   reinit_key: jax.Array
@@ -119,6 +122,7 @@ class RunData(NamedTuple):
   stop_eps: jax.Array
   samples: Any = None
   sample_key: Any = None
+  dim_mask: Any = None
 
 
 class RunState(NamedTuple):
