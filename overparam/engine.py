@@ -178,7 +178,7 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
                 on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0,
-                verbose: bool = False, run_fingerprint: Optional[str] = None):
+                verbose: bool = False, run_fingerprint: Optional[str] = None, export_dim: Optional[int] = None):
   """Runs every cell of one program to completion.
 
   alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
@@ -186,7 +186,9 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
   must divide chunk_steps). init_state: a host RunState (leading axis len(cells)) to continue from
   instead of alg.init (no checkpoint is then read or written). With a checkpoint path, the final
   state is checkpointed before returning, so that a kill while the caller finishes the program (rows,
-  params) resumes from here. log: the progress logger (per chunk). Returns an Outcome.
+  params) resumes from here. log: the progress logger (per chunk). export_dim: a program built at a
+  padded d (config.pad_dims) returns its exported factors cut to their first export_dim (real)
+  coordinates. Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
@@ -249,7 +251,10 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp, run_fingerprint)
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
-  return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))
+  exported = cut(exported)
+  if export_dim is not None and exported is not None:
+    exported = (exported[0], exported[1][..., :export_dim])
+  return Outcome(cut(host_state), exported, cut(dense), cut(extras), wall, cut(joined()))
 
 
 def remove_checkpoint(path: Optional[str]):

@@ -172,7 +172,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     ckpt = os.path.join(wd.ckpt_dir, prog.checkpoint_name)
     data = planner.run_data(prog, runs, fitted)
     run_kwargs = dict(chunk_steps=config_lib.chunk_of(c), trace_every=c.trace_every, is_writer=is_writer,
-                      on_chunk=on_chunk, verbose=verbose)
+                      on_chunk=on_chunk, verbose=verbose, export_dim=prog.dim if prog.pad_dim else None)
     out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt, run_fingerprint=fp,
                              checkpoint_every_s=c.checkpoint_every_s, label=prog.label, **run_kwargs)
     again = alg.retry(prog.task, out.state) if prog.one else None
