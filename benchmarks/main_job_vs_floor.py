@@ -157,7 +157,7 @@ def profile_child(config: str, workdir: str, out_path: str):
       spans.append((EVENTS[event], start, end))
 
   jax.monitoring.register_event_time_span_listener(on_span)
-  from overparam import analysis, experiments, plots, sweep  # noqa: PLC0415
+  from overparam import analysis, engine, planner, plots, rows, targets  # noqa: PLC0415
   events = []  # (kind, label, wall start, wall end, cpu seconds, ru_maxrss after)
 
   def timed(kind, fn, label_of=lambda *a, **k: ''):
@@ -170,10 +170,11 @@ def profile_child(config: str, workdir: str, out_path: str):
                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
     return wrapper
 
-  sweep.run_program = timed('program', sweep.run_program, lambda *a, **k: k.get('label', ''))
-  experiments.run_data = timed('run_data', experiments.run_data)
-  experiments.finalize = timed('finalize', experiments.finalize, lambda c, alg, dim, *a, **k: f'{alg} d={dim}')
-  experiments.make_target = timed('target', experiments.make_target)
+  # experiments calls these as module attributes, so wrapping them here times every call
+  engine.run_program = timed('program', engine.run_program, lambda *a, **k: k.get('label', ''))
+  planner.run_data = timed('run_data', planner.run_data)
+  rows.finalize = timed('finalize', rows.finalize, lambda prog, *a, **k: prog.label)
+  targets.build_all = timed('target', targets.build_all)
   plots.draw_all = timed('figures', plots.draw_all)
   analysis.summarize = timed('summary', analysis.summarize)
 
