@@ -20,6 +20,22 @@ import sys
 import time
 from typing import Optional
 
+
+def _lapack_threads():
+  """OpenBLAS threads for LAPACK (lazy_exact's QR), set before numpy and jax load: every core, unless
+  OPENBLAS_NUM_THREADS is set.
+
+  Unset, the OpenBLAS behind jax's LAPACK calls ran them on one thread (measured: 1.8-2.0 s for a
+  geqrf that takes 1.0-1.1 s on both threads of a 2-core machine at load ~1). The count is fixed, not
+  chosen from the load: LAPACK's last bits depend on it (a 1- and a 2-thread geqrf differ by ~1e-13),
+  and two launches must give identical numbers. On cores busy with other work,
+  OPENBLAS_NUM_THREADS=1 can be faster.
+  """
+  os.environ.setdefault('OPENBLAS_NUM_THREADS', str(os.cpu_count() or 1))
+
+
+_lapack_threads()
+
 from absl import app
 from absl import flags
 from absl import logging

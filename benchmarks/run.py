@@ -37,6 +37,9 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
                              the alpha axis as one vmapped program (configs/alpha_scaling.py's gd arm)
   lazy_exact_grid_vs_largest lazy_exact over a 14-width grid from one factorization / the largest
                              width alone by the per-width path (l=3 d=16, 4 seeds)
+  main_job_vs_floor          configs/default.py from an empty compilation cache / numpy's QR of the
+                             same Jacobian shapes (the LAPACK floor of its lazy_exact work), one
+                             script, the floor timed before and after (goal <= 2.5; full only)
   memory_model               measured / predicted peak RSS (worst validation size)
   largest_default_program    measured / predicted peak RSS of the largest shipped program that fits
                              the machine (full only); default_py_program: the same for configs/default.py
@@ -65,6 +68,7 @@ BENCHMARKS = (
     ('axes_bench', 'benchmarks.axes_bench', (), True),
     ('memory_bench', 'benchmarks.memory_bench', ('--part=model',), True),
     ('memory_largest', 'benchmarks.memory_bench', ('--part=largest',), False),
+    ('main_job_vs_floor', 'benchmarks.main_job_vs_floor', (), False),
 )
 RATIO_LINE = re.compile(r'ratio=([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|inf)\s*$')
 

@@ -31,7 +31,7 @@ GD_SPEC = registry.AlgorithmSpec(
     fields={'lr': 'lr', 'init_scale': 'init_scale', 'reg': 'reg', 'alpha': 'alpha',
             'parametrization': 'parametrization', 'signs': 'signs', **_OPTIMIZER},
     row_fields=('linearization_gap', 'train_error'), words_per_run=gradient_descent.words_per_run,
-    samples=True, online=True, alpha_scaled=True)
+    samples=True, online=True, alpha_scaled=True, pads_dims=True)
 
 BEYOND_LAZY_SPEC = registry.AlgorithmSpec(
     name='beyond_lazy', make=beyond_lazy,
@@ -39,7 +39,7 @@ BEYOND_LAZY_SPEC = registry.AlgorithmSpec(
                                                 'epoch_growth', 'reg')},
             'signs': 'signs', **_OPTIMIZER},
     row_fields=('epochs', 'reinitialized', 'train_error'), words_per_run=beyond_lazy_gd.words_per_run,
-    samples=True, online=True, scale_free=True)
+    samples=True, online=True, scale_free=True, pads_dims=True)
 
 LAZY_SPEC = registry.AlgorithmSpec(
     name='lazy', make=lazy,

@@ -119,20 +119,23 @@ class BeyondLazy(core.Algorithm):
     """Rows of the next epoch's re-draw buffer drawn at each step (the buffer fills in one epoch)."""
     return max(1, -(-bucket // self.epoch_length))
 
-  def fresh_directions(self, reinit_key, epoch, ids, dim: int, dtype):
+  def fresh_directions(self, reinit_key, epoch, ids, dim: int, dtype, dim_mask=None):
     """init_scale * Unif(S^{d-1}) for components `ids` (k,) of epoch `epoch`: (k, d).
 
     Component i of epoch e uses fold_in(fold_in(reinit_key, e), i), as objectives.init_params
-    draws component i from fold_in(key, i).
+    draws component i from fold_in(key, i). dim_mask: a padded program's real coordinates
+    (RunData.dim_mask): only those are drawn, the rest are 0.
     """
     ek = jax.random.fold_in(reinit_key, epoch)
-    g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(ek, i), (dim,), dtype))(ids)
+    g = objectives.component_normals(ek, ids, dim, dtype)  # row j: normal(fold_in(ek, ids[j]), (dim,))
+    if dim_mask is not None:
+      g = g * dim_mask
     return self.init_scale * g / jnp.linalg.norm(g, axis=-1, keepdims=True)
 
   def init(self, task: Task, data: RunData) -> RunState:
     bucket, dim = core.dims_of(data)
     dtype = core.dtype_of(data)
-    p = objectives.init_params(data.init_key, 'homogeneous', bucket, dim, self.init_scale, dtype)
+    p = objectives.init_params(data.init_key, 'homogeneous', bucket, dim, self.init_scale, dtype, dim_mask=data.dim_mask)
     zero = jnp.zeros((), jnp.int32)
     aux = Aux(epoch=zero, epoch_start=zero, boundary=epoch_length_of(0, self.epoch_length, self.epoch_growth),
               reinits=zero, pending=jnp.zeros((bucket, dim), dtype))
@@ -172,7 +175,7 @@ class BeyondLazy(core.Algorithm):
     bucket, dim = core.dims_of(data)
     k = self.rows_per_step(bucket)
     ids = jnp.minimum((state.step - aux.epoch_start) * k + jnp.arange(k), bucket - 1)
-    rows = self.fresh_directions(data.reinit_key, aux.epoch + 1, ids, dim, core.dtype_of(data))
+    rows = self.fresh_directions(data.reinit_key, aux.epoch + 1, ids, dim, core.dtype_of(data), data.dim_mask)
     return state._replace(aux=aux._replace(pending=aux.pending.at[ids].set(rows)))
 
   def loss(self, task: Task, params, data: RunData):

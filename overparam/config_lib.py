@@ -29,6 +29,7 @@ NOT_AXES = {
     'eps': 'it defines m* for the whole summary; run one sweep per eps',
     'steps': 'rows use `steps` for the steps a run took; run one sweep per budget',
     'chunk_steps': 'it does not change results', 'trace_every': 'it does not change results',
+    'bucket_ratio': 'it groups the width grid into programs', 'pad_dims': 'it groups the dims into programs',
     'checkpoint_every_s': 'it does not change results', 'memory_gb': 'it does not change results',
 }
 
@@ -80,6 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.save_params = True
   c.x64 = False
   c.chunk_steps = 250
+  # A program's width bucket holds the widths in [W / bucket_ratio, W] (W its largest): padding a
+  # run to its bucket costs up to bucket_ratio x its compute, and every bucket is a compiled program
+  # (~1-3 s of XLA compile on a CPU): small iterative runs are compile-bound, use a larger ratio.
+  c.bucket_ratio = 2.0
+  # gd and beyond_lazy with the implicit loss: build every d's program at d = max(dims), each d's
+  # data (T*'s factors) zero-padded, so that one compiled program serves every d (the padded
+  # coordinates stay exactly 0; sums gain zero terms, so numbers match an unpadded run to rounding,
+  # not bit for bit). Costs max(dims) / d the compute at each d.
+  c.pad_dims = False
   c.trace_every = 0  # > 0: save each run's trajectory every this many steps (divides chunk_steps)
   c.checkpoint_every_s = 60.0
   c.distributed = False
@@ -164,6 +174,8 @@ BASE_FIELD_RANGES = {
     'save_params': 'True or False',
     'x64': 'True or False',
     'chunk_steps': f'integer in [1, {INT32_MAX}]',
+    'bucket_ratio': 'finite number >= 1 (1: one program per width)',
+    'pad_dims': 'True or False (gd, beyond_lazy with loss=implicit: one program for every d)',
     'trace_every': '0 or a divisor of min(chunk_steps, steps)',
     'checkpoint_every_s': 'finite number >= 0 (0: after every chunk)',
     'distributed': 'True or False (needs --coordinator_address, --num_processes, --process_id outside Slurm/TPU)',
@@ -296,7 +308,8 @@ def _validate_one(c: ml_collections.ConfigDict):
   _unused(c, 'alphas', read('alpha'))
   _finite('checkpoint_every_s', c.checkpoint_every_s, 0.0)
   _finite('memory_gb', c.memory_gb, 0.0)
-  for name in ('save_params', 'x64', 'distributed'):
+  _finite('bucket_ratio', c.bucket_ratio, 1.0)
+  for name in ('save_params', 'x64', 'distributed', 'pad_dims'):
     _bool(name, c[name])
   _validate_samples(c)
   for spec in registry.specs():  # every algorithm's fields (its constructor's checks), selected or not
@@ -355,6 +368,8 @@ FIELD_DOCS = {
     'save_params': 'write every run\'s learned coeffs and factors to params/*.npz',
     'x64': 'run in float64 (jax_enable_x64); reported rel_errors are float64 either way',
     'chunk_steps': 'steps per compiled chunk (progress, early exit and checkpoints between chunks)',
+    'bucket_ratio': 'a width bucket (one compiled program) holds widths within this ratio of its largest',
+    'pad_dims': 'gd and beyond_lazy (implicit loss): every d runs one program built at max(dims), data zero-padded',
     'trace_every': 'record each run\'s trajectory every this many steps (0: off)',
     'checkpoint_every_s': 'seconds between mid-run checkpoints (0: after every chunk)',
     'distributed': 'a multi-process run (jax.distributed; process 0 writes the workdir)',

@@ -109,6 +109,9 @@ class RunData(NamedTuple):
     for loss = 'samples').
   samples, sample_key: loss = 'samples' only (else None): the fixed training set (network.Samples;
     None when online) and the key of the run's batches.
+  dim_mask: None, or (D,) with 1 on the run's d real coordinates when its program is built at a
+    padded D (config.pad_dims; only for algorithms whose registry spec has pads_dims): T*'s factors
+    are zero-padded to D, and the algorithm's draws use only the real coordinates.
   """
   init_key: jax.Array
   reinit_key: jax.Array
@@ -119,6 +122,7 @@ class RunData(NamedTuple):
   stop_eps: jax.Array
   samples: Any = None
   sample_key: Any = None
+  dim_mask: Any = None
 
 
 class RunState(NamedTuple):
@@ -176,6 +180,10 @@ class Algorithm:
   trace(task, state, data) -> {name: array}    recorded every trace_every steps by the engine
   needs_dense_target                           T* is formed densely once before the run (not per step)
   unify(algs)                                  algorithm values of one program made structurally equal
+  compiler_options(task, fn, data) -> dict or None   XLA options for the engine's fn ('init', 'chunk',
+                                               'finish'); from static fields and shapes only
+  retry(task, state) -> Algorithm or None      the engine reruns a one-program algorithm's program with
+                                               the value returned (e.g. a factorization that needs more room)
 
   Subclasses are frozen dataclasses registered with `register`.
   """
@@ -198,6 +206,17 @@ class Algorithm:
 
   def trace(self, task: Task, state: RunState, data: RunData) -> dict:
     return {'rel_error': state.rel_err, 'step': state.step}
+
+  def compiler_options(self, task: Task, fn: str, data: RunData) -> Optional[dict]:
+    """XLA compile options of the engine's `fn` ('init', 'chunk' or 'finish') of this algorithm's
+    program (jax.jit(compiler_options=...)); None: XLA's defaults. `data` is one run's RunData: only
+    its shapes may be used, and of the algorithm only its static fields (its leaves are batched)."""
+    return None
+
+  def retry(self, task: Task, state: RunState) -> Optional['Algorithm']:
+    """After a one-program algorithm's program (registry one_program): None, or the algorithm value the
+    engine's caller reruns the whole program with (state: the host RunState, leading run axis)."""
+    return None
 
   @classmethod
   def unify(cls, algs: Sequence['Algorithm']) -> list:

@@ -65,10 +65,32 @@ class Compiled(NamedTuple):
   finish: Callable
 
 
-@functools.lru_cache(maxsize=None)
-def compiled(treedef, task: core.Task, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0):
+# Programs compiled() keeps: a sweep reuses a program for confirm's reruns and, with config.pad_dims,
+# across d; older programs' executables are released instead of staying resident for the whole sweep.
+KEEP_PROGRAMS = 4
+
+
+def shapes_of(tree):
+  """A hashable signature of a tree's structure and leaf shapes and dtypes (compiled's cache key)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  return str(treedef), tuple((tuple(np.shape(x)), str(getattr(x, 'dtype', None) or np.asarray(x).dtype))
+                             for x in leaves)
+
+
+def _options(opts):
+  """compiler_options as a hashable key (sorted items) and back."""
+  return None if not opts else tuple(sorted(opts.items()))
+
+
+@functools.lru_cache(maxsize=KEEP_PROGRAMS)
+def compiled(treedef, task: core.Task, chunk_steps: int, sharding: NamedSharding, trace_every: int = 0,
+             shapes=None, options=None):
   """(init, chunk, finish) jitted and vmapped over runs, for algorithm values of pytree structure
-  `treedef` (their leaves batched on the run axis); cached per structure and task.
+  `treedef` (their leaves batched on the run axis); cached per structure, task and `shapes` (the
+  data's shapes_of: run_program passes it, so that one entry is one program and the last
+  KEEP_PROGRAMS programs stay compiled; a static field's value is part of the structure). options:
+  ((fn, ((option, value), ...)), ...): jax.jit(compiler_options=...) of fn 'init', 'chunk' or
+  'finish' (core.Algorithm.compiler_options).
 
   init(alg, data) -> state. chunk(alg, state, data) -> (state, trace): `chunk_steps` steps; with
   trace_every > 0 (a divisor of chunk_steps) it also returns alg.trace after every trace_every steps,
@@ -76,7 +98,8 @@ def compiled(treedef, task: core.Task, chunk_steps: int, sharding: NamedSharding
   algorithm's export, dense_model and extras in ONE program, so a bucket compiles three executables
   (each is a pure function of the final state: fusing them changes no number, tests/test_cache.py).
   """
-  del treedef  # the cache key: jit itself retraces per structure; the key keeps one entry per program kind
+  del treedef, shapes  # cache keys: jit itself retraces per structure and shape
+  opts = {fn: dict(o) for fn, o in (options or ())}
 
   def steps(alg, state, data, n):
     body = lambda s, _: (alg.step(task, s, data), None)
@@ -93,9 +116,21 @@ def compiled(treedef, task: core.Task, chunk_steps: int, sharding: NamedSharding
   def finish(alg, state, data):
     return alg.export(task, state, data), alg.dense_model(task, state, data), alg.extras(task, state, data) or {}
 
-  init = jax.jit(jax.vmap(lambda alg, data: alg.init(task, data)), out_shardings=sharding)
-  chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=1)
-  return Compiled(init, chunk, jax.jit(jax.vmap(finish)))
+  init = jax.jit(jax.vmap(lambda alg, data: alg.init(task, data)), out_shardings=sharding,
+                 compiler_options=opts.get('init'))
+  chunk = jax.jit(jax.vmap(one_chunk), out_shardings=sharding, donate_argnums=1, compiler_options=opts.get('chunk'))
+  return Compiled(init, chunk, jax.jit(jax.vmap(finish), compiler_options=opts.get('finish')))
+
+
+def program_of(alg, task: core.Task, data: core.RunData, chunk_steps: int, sharding: NamedSharding,
+               trace_every: int = 0) -> Compiled:
+  """compiled() for these host inputs (alg's leaves and data with a leading run axis): keyed by the
+  algorithm's structure, the task and the data's shapes, with the algorithm's compiler_options."""
+  one = jax.tree.map(lambda x: x[0], data)
+  options = tuple((fn, o) for fn in ('init', 'chunk', 'finish')
+                  if (o := _options(alg.compiler_options(task, fn, one))) is not None)
+  return compiled(jax.tree.structure(alg), task, chunk_steps, sharding, trace_every, shapes=shapes_of(data),
+                  options=options or None)
 
 
 def fingerprint(alg, task: core.Task, cells, n_total: int) -> str:
@@ -143,7 +178,7 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
                 checkpoint_path: Optional[str] = None, checkpoint_every_s: float = 60.0,
                 is_writer: bool = True, label: str = '', trace_every: int = 0,
                 on_chunk: Optional[Callable[[int], None]] = None, init_state=None, progress_every_s: float = 10.0,
-                verbose: bool = False, run_fingerprint: Optional[str] = None):
+                verbose: bool = False, run_fingerprint: Optional[str] = None, export_dim: Optional[int] = None):
   """Runs every cell of one program to completion.
 
   alg: an algorithm value whose leaves have a leading run axis (core.stack_leaves); data: host
@@ -151,7 +186,9 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
   must divide chunk_steps). init_state: a host RunState (leading axis len(cells)) to continue from
   instead of alg.init (no checkpoint is then read or written). With a checkpoint path, the final
   state is checkpointed before returning, so that a kill while the caller finishes the program (rows,
-  params) resumes from here. log: the progress logger (per chunk). Returns an Outcome.
+  params) resumes from here. log: the progress logger (per chunk). export_dim: a program built at a
+  padded d (config.pad_dims) returns its exported factors cut to their first export_dim (real)
+  coordinates. Returns an Outcome.
   """
   n = len(cells)
   mesh = run_mesh()
@@ -159,7 +196,7 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
   n_total = padded_runs(n, mesh.size)
   if trace_every and chunk_steps % trace_every:
     raise ValueError(f'trace_every={trace_every} must divide chunk_steps={chunk_steps}')
-  init_fn, chunk_fn, finish_fn = compiled(jax.tree.structure(alg), task, chunk_steps, sharding, trace_every)
+  init_fn, chunk_fn, finish_fn = program_of(alg, task, data, chunk_steps, sharding, trace_every)
   galg = to_global(pad_runs(alg, n_total), sharding)
   gdata = to_global(pad_runs(data, n_total), sharding)
   t0 = time.time()
@@ -214,7 +251,10 @@ def run_program(alg, task: core.Task, data: core.RunData, cells: Sequence, *, ch
     _save_checkpoint(checkpoint_path, host_state, joined(), n_chunks, fp, run_fingerprint)
   wall = time.time() - t0
   cut = lambda t: None if t is None else jax.tree.map(lambda x: x[:n], t)
-  return Outcome(cut(host_state), cut(exported), cut(dense), cut(extras), wall, cut(joined()))
+  exported = cut(exported)
+  if export_dim is not None and exported is not None:
+    exported = (exported[0], exported[1][..., :export_dim])
+  return Outcome(cut(host_state), exported, cut(dense), cut(extras), wall, cut(joined()))
 
 
 def remove_checkpoint(path: Optional[str]):

@@ -6,6 +6,7 @@ float64 what the in-loop test decided, appends one results row per finished run 
 and writes summary.json and the figures. `plot_only(workdir)` redraws the figures of a workdir.
 """
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -68,6 +69,13 @@ def confirm(prog: planner.Program, alg, data, cells, out: engine.Outcome, seed_t
     trace = {k: np.concatenate([out.trace[k], more.trace[k]], axis=1) for k in out.trace}
     out = more._replace(wall_s=out.wall_s + more.wall_s, trace=trace)
   return out, None
+
+
+def _changed(old, new) -> str:
+  """The static fields in which algorithm value `new` differs from `old` (for the log)."""
+  diff = [f'{f.name}={getattr(new, f.name)!r}' for f in dataclasses.fields(new)
+          if f.metadata.get('static') and getattr(new, f.name) != getattr(old, f.name)]
+  return ', '.join(diff) or repr(new)
 
 
 def plot_only(workdir: str) -> List[str]:
@@ -164,9 +172,15 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     ckpt = os.path.join(wd.ckpt_dir, prog.checkpoint_name)
     data = planner.run_data(prog, runs, fitted)
     run_kwargs = dict(chunk_steps=config_lib.chunk_of(c), trace_every=c.trace_every, is_writer=is_writer,
-                      on_chunk=on_chunk, verbose=verbose)
+                      on_chunk=on_chunk, verbose=verbose, export_dim=prog.dim if prog.pad_dim else None)
     out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt, run_fingerprint=fp,
                              checkpoint_every_s=c.checkpoint_every_s, label=prog.label, **run_kwargs)
+    again = alg.retry(prog.task, out.state) if prog.one else None
+    if again is not None:  # e.g. lazy_exact's QR needed more deflation slots than it had
+      logging.info('%s: rerunning with %s', prog.label, _changed(alg, again))
+      alg = again
+      out = engine.run_program(alg, prog.task, data, runs, checkpoint_path=ckpt, run_fingerprint=fp,
+                               checkpoint_every_s=c.checkpoint_every_s, label=prog.label, **run_kwargs)
     rels = None
     if prog.one:  # solved exactly in init: no in-loop stop to confirm
       out = rows.split_widths(out, list(prog.widths), runs, cells)

@@ -51,7 +51,8 @@ class GD(core.Algorithm):
 
   def init(self, task: Task, data: RunData) -> RunState:
     bucket, dim = core.dims_of(data)
-    p = objectives.init_params(data.init_key, self.parametrization, bucket, dim, self.init_scale, core.dtype_of(data))
+    p = objectives.init_params(data.init_key, self.parametrization, bucket, dim, self.init_scale, core.dtype_of(data),
+                               dim_mask=data.dim_mask)
     return core.new_state(p, self._opt(task).init(p), p, core.dtype_of(data))
 
   def loss(self, task: Task, params, params0, data: RunData):

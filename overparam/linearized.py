@@ -24,9 +24,11 @@ The linearized model at the random init W0 is T_lin(W) = T(W0) + J_{W0} (W - W0)
                        sqrt(multiplicity), an isometry on symmetric tensors; overparam/symmetric.py).
                        One width (overparam.fit): the eigendecomposition of the Gram matrix
                        (lstsq.min_norm_solve). The engine's grid path (`with_grid(widths)`): a whole
-                       width grid per seed from one rank-revealing block Gram-Schmidt of J at the
-                       largest width (lstsq.factor_components, prefix_min_norm; the inits are nested,
-                       so J_m is a column prefix of J_M). Reports the numerical rank of J (`tangent_rank`) and the
+                       width grid per seed from one rank-revealing factorization of J at the largest
+                       width (the inits are nested, so J_m is a column prefix of J_M): one LAPACK
+                       Householder QR per seed (lstsq.rotate_components, qr_components,
+                       solve_prefixes; method 'qr', the default) or the block Gram-Schmidt
+                       (lstsq.factor_components, prefix_min_norm; method 'gs'). Reports the numerical rank of J (`tangent_rank`) and the
                        dimension count `sym_dim` = C(d+l-1, l); the lazy threshold is whatever the rank
                        says (the count m d >= C(d+l-1, l) is only necessary: Alexander-Hirschowitz
                        defective cases have lower rank).
@@ -39,11 +41,12 @@ d^l tensor is used throughout (lazy widths are ~ d^{l-1}, so d stays small): the
 
 import dataclasses
 import math
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from overparam import checks, core, lstsq, memory, objectives, optim, tensors
@@ -226,12 +229,18 @@ class LazyExact(Linearized):
 
   widths = () (one width): one run is one width (data.width, data.mask), solved by min_norm_solve.
   widths = (m_1 < ... < m_G) with bucket = m_G (the engine's grid path, `with_grid`): one run is one
-  seed, all G widths from one factorization of J at width m_G (factor_components, prefix_min_norm);
-  every leaf of its state has a leading width axis G, entry j being exactly the state the one-width
-  path computes for width m_j in a bucket of m_G (same init, same numbers to rounding), and
-  dense_model / extras return a leading axis G too. panel_cols: the factorization's panel width.
+  seed, all G widths from one factorization of J at width m_G; every leaf of its state has a leading
+  width axis G, entry j being exactly the state the one-width path computes for width m_j in a
+  bucket of m_G (same init, same numbers to rounding), and dense_model / extras return a leading axis
+  G too. method: 'qr' (the default: one LAPACK Householder QR per seed, lstsq.rotate_components,
+  qr_components, solve_prefixes; `slots` zero columns for deflations, None: one per column, always
+  enough) or 'gs' (the block Gram-Schmidt written in jax, lstsq.factor_components and
+  prefix_min_norm, ~3x the flops; kept as a second implementation for the tests); panel_cols: the
+  'gs' factorization's panel width (columns).
   """
   widths: Tuple[int, ...] = core.static(())
+  method: str = core.static('qr')
+  slots: Optional[int] = core.static(8)
   panel_cols: int = core.static(512)
 
   def with_grid(self, widths) -> 'LazyExact':
@@ -239,7 +248,32 @@ class LazyExact(Linearized):
     widths = tuple(int(w) for w in widths)
     if list(widths) != sorted(set(widths)):
       raise ValueError(f'widths must be increasing, got {widths}')
+    if self.method not in ('qr', 'gs'):
+      raise ValueError(f"method must be 'qr' or 'gs', got {self.method!r}")
     return dataclasses.replace(self, widths=widths)
+
+  def compiler_options(self, task: Task, fn: str, data: RunData) -> Optional[dict]:
+    """The grid path's init at LLVM optimization level 0 when J is small (N P <= 2^24 words, d <= 24 at
+    the main job's grid): there its compile time dominates and the work is LAPACK and library dots,
+    which XLA's optimization level does not touch (measured, init of the main job's program: d = 24
+    compile -1.9 s CPU, execution +0.25 s; d = 32 compile -2.2 s, execution +3.5 s, hence the bound).
+    Numbers change by rounding only (rel_error by <= 4e-12)."""
+    if fn != 'init' or not self.widths:
+      return None
+    bucket, dim = core.dims_of(data)
+    n = sym_dim(dim, task.order)
+    p = bucket * memory.params_per_component(self.parametrization, dim)
+    return {'xla_backend_optimization_level': 0} if n * p <= 1 << 24 else None
+
+  def retry(self, task: Task, state: RunState) -> Optional['LazyExact']:
+    """Engine hook: the 'qr' grid path reports a deflation that did not fit its `slots` zero columns in
+    aux['overflow'] (host state); then the program reruns with a slot for every column (always
+    enough)."""
+    if not self.widths or self.method != 'qr' or self.slots is None or 'overflow' not in state.aux:
+      return None
+    if not np.any(np.asarray(state.aux['overflow'])):
+      return None
+    return dataclasses.replace(self, slots=None)
 
   def unique_jacobian(self, task: Task, params, data: RunData) -> jax.Array:
     """J of the undoubled model at `params` in weighted unique coordinates: (N, P), P = B x params per
@@ -261,6 +295,26 @@ class LazyExact(Linearized):
     n = sym_dim(dim, task.order)
     blocks = [x.reshape(x.shape[0], n, -1) for x in jax.tree.leaves(jac)]  # (B, N, params of the leaf)
     return jnp.moveaxis(jnp.concatenate(blocks, axis=2), 0, 1).reshape(n, -1)
+
+  def component_rows(self, task: Task, params, signs, dim: int) -> jax.Array:
+    """component_jacobian's columns as rows, per component: (B, k, N), row j of block i = column
+    i k + j (jvp along each parameter of the component: the layout the QR path gathers from, with
+    no transposed copy)."""
+    idx, mult, _ = sym_basis(dim, task.order)
+    idx = jnp.asarray(idx)
+    w = jnp.sqrt(jnp.asarray(mult, signs.dtype))
+    p_i = jax.tree.map(lambda x: x[0], params)
+    flat0, unravel = jax.flatten_util.ravel_pytree(p_i)
+
+    def component(flat, s_i):
+      c, v = objectives.canonical(jax.tree.map(lambda x: x[None], unravel(flat)), self.parametrization, s_i[None])
+      return c[0] * w * jnp.prod(v[0][idx], axis=1)
+
+    def rows(flat, s_i):
+      return jax.vmap(lambda e: jax.jvp(lambda f: component(f, s_i), (flat,), (e,))[1])(
+          jnp.eye(flat0.shape[0], dtype=flat0.dtype))
+    flats = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params)
+    return jax.vmap(rows)(flats, signs)
 
   def _component_jacobians(self, task: Task, params, signs, weights, dim: int):
     """Per-component Jacobians (leaves (B, N, ...)) of weights_i c_i v_i^{(x)l} in unique coordinates."""
@@ -316,35 +370,69 @@ class LazyExact(Linearized):
     bucket, dim = core.dims_of(data)
     if self.widths[-1] != bucket:
       raise ValueError(f'the grid {self.widths} must end at the bucket {bucket}')
-    k = memory.params_per_component(self.parametrization, dim)
-    dtype = core.dtype_of(data)
+    if self.method not in ('qr', 'gs'):
+      raise ValueError(f"method must be 'qr' or 'gs', got {self.method!r}")
     p0 = self.init_params(data)
     base = p0['plus'] if self.symmetric_init else p0
     ws = jnp.asarray(self.widths, data.width.dtype)
-    t0s = jax.vmap(lambda w: self.model(task, p0, self._width_data(data, w)))(ws)  # (G, d, ..., d)
+    # Widths one after the other (lax.map), here and in dense_model / extras: the engine already
+    # vmaps the seeds, and G widths at once would hold G copies of the dense models' temporaries.
+    t0s = jax.lax.map(lambda w: self.model(task, p0, self._width_data(data, w)), ws)  # (G, d, ..., d)
     t_star = objectives.dense_target(data.target, order)
-    rhs = jax.vmap(lambda t0: to_unique(t_star - t0, order), out_axes=1)(t0s)  # (N, G)
-    jac = self.component_jacobian(task, base, self._signs(data), dim)
-    n, cols = jac.shape
-    # A direction counts when its residual exceeds sqrt(max(N, P) eps) x the largest column norm of
-    # component 0: min_norm_solve's threshold with that norm for sigma_max (<= every sigma_max(J_m)),
-    # orders of magnitude above the rounding floor of a dependent column.
-    tau = jnp.sqrt(max(n, cols) * jnp.finfo(dtype).eps) * jnp.max(jnp.linalg.norm(jac[:, :k], axis=0))
-    # Both one seed at a time under the engine's vmap: their temporaries (J's copy, the panels'
-    # coefficients, the Gram matrices) then exist for one seed only, and their loops compile once.
-    factor = lstsq.one_at_a_time(lambda a, tau: lstsq.factor_components(a, cols, k, tau, self.panel_cols))
-    solve = lstsq.one_at_a_time(lambda coef, s, comp: lstsq.prefix_min_norm(coef, s, comp, self.widths, k, n))
-    ranks, xs = solve(*factor(jnp.concatenate([jac, rhs], axis=1), tau))
+    rhs = jax.lax.map(lambda t0: to_unique(t_star - t0, order), t0s).T  # (N, G)
+    leaves, treedef = jax.tree.flatten(base)
+    # One seed at a time under the engine's vmap: the Jacobian (built inside), its factorization and
+    # their temporaries exist for one seed only, and LAPACK is called unbatched (lstsq.one_at_a_time).
+    kernel = self._grid_qr if self.method == 'qr' else self._grid_gs
+    solve = lstsq.one_at_a_time(
+        lambda signs, rhs, *leaves: kernel(task, jax.tree.unflatten(treedef, leaves), signs, rhs, dim))
+    ranks, xs, overflow = solve(self._signs(data), rhs, *leaves)
 
     def finish(w, t0, x, rank):
       d = self._width_data(data, w)
-      return self._finish(task, p0, t0, _from_components(x / self._scale(d), base), rank, d)
-    return jax.vmap(finish)(ws, t0s, xs, ranks)
+      st = self._finish(task, p0, t0, _from_components(x / self._scale(d), base), rank, d)
+      return st._replace(aux={**st.aux, 'overflow': overflow})
+    return jax.lax.map(lambda a: finish(*a), (ws, t0s, xs, ranks))
+
+  def _tau(self, n: int, cols: int, block0_norms):
+    """A direction counts when its residual exceeds sqrt(max(N, P) eps) x the largest column norm of
+    component 0: min_norm_solve's threshold with that norm for sigma_max (<= every sigma_max(J_m)),
+    orders of magnitude above the rounding floor of a dependent column."""
+    return jnp.sqrt(max(n, cols) * jnp.finfo(block0_norms.dtype).eps) * jnp.max(block0_norms)
+
+  def _grid_qr(self, task: Task, base, signs, rhs, dim: int):
+    """(ranks (G,), x (G, B k) in component order, overflow) for one seed: lstsq.rotate_components,
+    qr_components, solve_prefixes."""
+    k = memory.params_per_component(self.parametrization, dim)
+    n = sym_dim(dim, task.order)
+    b = self.widths[-1]
+    jt = self.component_rows(task, base, signs, dim)  # (B, k, N)
+    cols = b * k
+    tau = self._tau(n, cols, jnp.sqrt(jnp.sum(jt[0] * jt[0], axis=1)))
+    rot, vec, keep = lstsq.rotate_components(jt, tau)
+    slots = cols if self.slots is None else self.slots
+    keep = jnp.concatenate([keep.reshape(-1), jnp.zeros((slots,), bool)])
+    r, perm, pos, piv, overflow = lstsq.qr_components(rot.reshape(cols, n), keep, rhs, cols, tau,
+                                                      max_deflations=cols)
+    ranks, y = lstsq.solve_prefixes(r, perm, pos, piv, keep, self.widths, cols, k)
+    x = jnp.einsum('bkj,bjg->gbk', vec, y[:cols].reshape(b, k, -1)).reshape(len(self.widths), cols)
+    return ranks, x, overflow
+
+  def _grid_gs(self, task: Task, base, signs, rhs, dim: int):
+    """The same by block Gram-Schmidt (lstsq.factor_components, prefix_min_norm); never overflows."""
+    k = memory.params_per_component(self.parametrization, dim)
+    jac = self.component_jacobian(task, base, signs, dim)
+    n, cols = jac.shape
+    tau = self._tau(n, cols, jnp.linalg.norm(jac[:, :k], axis=0))
+    coef, s, comp = lstsq.factor_components(jnp.concatenate([jac, rhs], axis=1), cols, k, tau, self.panel_cols)
+    ranks, xs = lstsq.prefix_min_norm(coef, s, comp, self.widths, k, n)
+    return ranks, xs, jnp.zeros((), bool)
 
   def _per_width(self, fn, state, data):
-    """fn(state_j, data_j) for every width of the grid, stacked on a leading axis."""
+    """fn(state_j, data_j) for every width of the grid, stacked on a leading axis (one width after
+    the other: see _init_grid)."""
     ws = jnp.asarray(self.widths, data.width.dtype)
-    return jax.vmap(lambda st, w: fn(st, self._width_data(data, w)))(state, ws)
+    return jax.lax.map(lambda a: fn(a[0], self._width_data(data, a[1])), (state, ws))
 
   def step(self, task: Task, state: RunState, data: RunData) -> RunState:
     return state
@@ -443,10 +531,26 @@ def lazy_words_per_run(alg: Lazy, task: Task, dim: int, bucket: int, rank: int) 
   return 5 * params + opt_words + 6 * dim ** order + (order + 2) * bucket * dim ** (order - 1) + 2 * params + samples
 
 
-def exact_program_bytes(order: int, dim: int, parametrization: str, dtype_bytes: int, widths, runs: int) -> int:
-  """Peak bytes of one grid-path program: `runs` seeds, widths = the grid (P = max(widths) k).
+RUNTIME_BYTES = 150 * 2 ** 20  # exact_program_bytes: a 'qr' grid-path program's memory beyond XLA's buffers
 
-  Per seed (vmapped): J, its forward-mode construction, J with the G right-hand sides, and the
+
+def exact_program_bytes(order: int, dim: int, parametrization: str, dtype_bytes: int, widths, runs: int,
+                        method: str = 'qr', slots: Optional[int] = 8) -> int:
+  """Peak bytes of one grid-path program: `runs` seeds, widths = the grid (P = max(widths) k, G
+  widths), with the host copies of its inputs and outputs.
+
+  method 'qr' (LazyExact's default): the seeds run one after another, so the factorization's arrays
+  exist once: the phases' peaks are the Jacobian rows and their rotation (2 N P words), the rotation
+  and the gathered matrix A (N P + N (P' + G), P' = P + slots), R with the triangle T (n0 x n0,
+  n0 = min(N, P)) and E (n0 x L, L = P' - n0), and the solve (T, E, F = T^-1 E, I + F^T F and its
+  Cholesky: n0^2 + 2 n0 L + 2 L^2). Per run, on the device: the G widths' dense models and
+  right-hand sides and the states' parameters (G (4 d^l + 8 P)); on the host: its state and the
+  dense models (G (2 d^l + 4 P)). Plus RUNTIME_BYTES: what a grid-path program holds beyond XLA's
+  buffers (its compiled code and compile-time allocations, LAPACK and OpenBLAS workspaces; measured
+  105-230 MiB above the base process at d = 12-32 on the floor branch). slots None: one per column.
+  Checked against measured peak RSS by benchmarks/memory_bench.py (RESULTS.md sections 6 and 11).
+
+  method 'gs' (the block Gram-Schmidt): per seed (vmapped): J, its forward-mode construction, J with the G right-hand sides, and the
   factorization's output (S = min(N, P) rows): 3 N P + S P words, plus G dense models. Once (the
   factorization and the solves run one seed at a time): the scan's copy of J and its update
   (2 N P), the panels' coefficients and their concatenation (2 P^2), the compacted and masked
@@ -456,6 +560,13 @@ def exact_program_bytes(order: int, dim: int, parametrization: str, dtype_bytes:
   n = sym_dim(dim, order)
   p = max(widths) * memory.params_per_component(parametrization, dim)
   g, s = len(widths), min(n, p)
+  if method == 'qr':
+    pp = p + (p if slots is None else slots)
+    n0 = min(n, p)
+    extra, a = pp - n0, n * (pp + g)
+    once = max(2 * n * p, n * p + a, a + n0 * n0 + n0 * extra, n0 * n0 + 2 * n0 * extra + 2 * extra * extra)
+    per_run = g * (4 * dim ** order + 8 * p) + g * (2 * dim ** order + 4 * p)
+    return dtype_bytes * (once + runs * per_run) + RUNTIME_BYTES
   per_seed = 3 * n * p + s * p + 4 * g * dim ** order
   once = 2 * n * p + 2 * p * p + 2 * s * p + 4 * s * s
   return dtype_bytes * (runs * per_seed + once)
@@ -472,7 +583,7 @@ def exact_bytes(alg: LazyExact, task: Task, dim: int, bucket: int, rank: int, dt
     n = task.sampling.num_samples
     return dtype_bytes * (5 * n * p + 2 * n * dim + 4 * dim ** task.order)
   if widths:
-    return exact_program_bytes(task.order, dim, alg.parametrization, dtype_bytes, widths, runs)
+    return exact_program_bytes(task.order, dim, alg.parametrization, dtype_bytes, widths, runs, alg.method, alg.slots)
   return dtype_bytes * (5 * sym_dim(dim, task.order) * p + 4 * dim ** task.order)
 
 

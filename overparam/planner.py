@@ -9,13 +9,17 @@ three ways:
   width bucket: its runs carry their own leaves;
 - the other axes (a static choice such as beyond_lazy.epoch_length, or a field of the task such as
   num_samples) give one program per value.
-Widths are grouped in buckets whose largest width is at most twice the smallest (`bucket_widths`), or
-for a one-program algorithm (lazy_exact) the whole grid is one program whose runs are the seeds.
-Every program's memory is estimated and checked before anything runs (`check_memory`).
+Widths are grouped in buckets whose largest width is at most config.bucket_ratio (default 2) times the
+smallest (`bucket_widths`), or for a one-program algorithm (lazy_exact) the whole grid is one program
+whose runs are the seeds. With config.pad_dims an algorithm whose spec has pads_dims (gd, beyond_lazy;
+implicit loss) builds every d's program at d = max(dims) (`Program.pad_dim`): its T*'s factors are
+zero-padded and RunData.dim_mask marks the real coordinates, so every d runs the same compiled
+program (jit caches by shape). Every program's memory is estimated and checked before anything runs
+(`check_memory`).
 """
 
 import math
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -24,18 +28,19 @@ from overparam import config_lib, core, memory, network, registry, targets, tens
 from overparam.errors import ConfigError
 
 
-def bucket_widths(widths: Sequence[int]) -> List[List[int]]:
-  """Groups widths so each bucket's largest width is <= 2x its smallest (padding wastes <= 2x).
+def bucket_widths(widths: Sequence[int], ratio: float = 2.0) -> List[List[int]]:
+  """Groups widths so each bucket's largest width is <= ratio x its smallest (padding wastes <= ratio x;
+  config.bucket_ratio, default 2).
 
-  Greedy from the top: the largest remaining width W opens a bucket of every width >= W/2,
+  Greedy from the top: the largest remaining width W opens a bucket of every width >= W/ratio,
   which gives the fewest buckets (hence compiles) under that constraint.
   """
   rest = sorted(set(int(w) for w in widths), reverse=True)
   out = []
   while rest:
     top = rest[0]
-    out.append(sorted(w for w in rest if 2 * w >= top))
-    rest = [w for w in rest if 2 * w < top]
+    out.append(sorted(w for w in rest if ratio * w >= top))
+    rest = [w for w in rest if ratio * w < top]
   return out[::-1]
 
 
@@ -46,7 +51,9 @@ class Program(NamedTuple):
   one-program algorithm, `one`). common: the common axis values (its target set). values: the
   program-level axis values (common ones and the algorithm's non-batched ones); configs[v], algs[v],
   run_values[v]: the config, algorithm value and batched axis values of value combination v (one
-  entry when the program has no batched axis). tag: the program's part of file names.
+  entry when the program has no batched axis). tag: the program's part of file names. pad_dim: None,
+  or the d its program is built at (config.pad_dims: max(dims), at every d, so that every d's data
+  has one structure and shape: zero-padded factors, dim_mask).
   """
   name: str
   spec: registry.AlgorithmSpec
@@ -60,10 +67,16 @@ class Program(NamedTuple):
   algs: Tuple
   run_values: Tuple
   tag: str
+  pad_dim: Optional[int] = None
 
   @property
   def bucket(self) -> int:
     return max(self.widths)
+
+  @property
+  def built_dim(self) -> int:
+    """The d its program is built at (pad_dim, else dim)."""
+    return self.pad_dim or self.dim
 
   @property
   def checkpoint_name(self) -> str:
@@ -71,7 +84,8 @@ class Program(NamedTuple):
 
   @property
   def label(self) -> str:
-    return f'{self.name}{self.tag} l={self.task.order} d={self.dim} widths={list(self.widths)}'
+    pad = f' (built at d={self.pad_dim})' if self.pad_dim and self.pad_dim != self.dim else ''
+    return f'{self.name}{self.tag} l={self.task.order} d={self.dim}{pad} widths={list(self.widths)}'
 
   def cells(self, seeds: Sequence[int]) -> List[Tuple[int, int, int]]:
     """Every (width, seed, value index) cell of the program."""
@@ -136,8 +150,16 @@ def _key(v):
   return repr(v)
 
 
+def pads(c, spec: registry.AlgorithmSpec, task: core.Task) -> bool:
+  """Whether this algorithm's programs are built at d = max(config.dims) (config.pad_dims, an
+  algorithm whose spec has pads_dims, width buckets, the implicit loss)."""
+  return bool(c.get('pad_dims', False) and spec.pads_dims and not spec.is_one_program(task)
+              and task.loss == 'implicit')
+
+
 def plan(c) -> List[Program]:
   """Every program of the sweep, in run order: common axis values, d, algorithm, family, bucket."""
+  ratio = float(c.get('bucket_ratio', 2.0))
   out = []
   for cc, common in config_lib.common_configs(c):
     for dim in c.dims:
@@ -147,20 +169,22 @@ def plan(c) -> List[Program]:
           values = {**common, **prog_values}
           one = spec.is_one_program(task)
           grid = config_lib.widths_of(c, name)
-          groups = [sorted(set(int(w) for w in grid))] if one else bucket_widths(grid)
+          groups = [sorted(set(int(w) for w in grid))] if one else bucket_widths(grid, ratio)
+          pad_dim = max(c.dims) if pads(c, spec, task) else None  # max(dims) too: dim_mask of ones, one structure
           for ws in groups:
             algs = tuple(spec.grid(a, ws) if one else a for _, _, a in members)
             out.append(Program(name=name, spec=spec, task=task, dim=dim, widths=tuple(ws), one=one, common=common,
                                values=values, configs=tuple(m[0] for m in members), algs=algs,
-                               run_values=tuple(m[1] for m in members), tag=file_tag(cc, {**values})))
+                               run_values=tuple(m[1] for m in members), tag=file_tag(cc, {**values}),
+                               pad_dim=pad_dim))
   return out
 
 
 def program_bytes(prog: Program, runs: int, dtype_bytes: int) -> int:
   """Bytes of one program with `runs` runs per device (memory.program_bytes of its first value)."""
   rank = prog.configs[0].rank
-  return memory.program_bytes(prog.spec, prog.algs[0], prog.task, prog.dim, prog.bucket, rank, runs, dtype_bytes,
-                              widths=prog.widths if prog.one else ())
+  return memory.program_bytes(prog.spec, prog.algs[0], prog.task, prog.built_dim, prog.bucket, rank, runs,
+                              dtype_bytes, widths=prog.widths if prog.one else ())
 
 
 def runs_of(prog: Program, num_seeds: int) -> int:
@@ -184,7 +208,7 @@ def check_memory(c, programs: Sequence[Program], limit_bytes: int = 0):
     need = program_bytes(prog, runs, dtype_bytes)
     if need > limit:
       detail = prog.spec.memory_detail
-      what = f', {detail(prog.algs[0], prog.task, prog.dim, prog.bucket)}' if detail else ''
+      what = f', {detail(prog.algs[0], prog.task, prog.built_dim, prog.bucket)}' if detail else ''
       raise ConfigError(
           f'config: the {prog.name} program for d={prog.dim}, widths {list(prog.widths)} ({runs} runs per device{what}) '
           f'needs about {need / 2 ** 30:.3g} GiB > {limit / 2 ** 30:.3g} GiB available; reduce config.num_seeds, '
@@ -207,7 +231,8 @@ def run_data(prog: Program, runs, seed_targets: Dict[int, tensors.Target]) -> co
 
   seed_targets: T* per seed as the algorithm fits it (targets.scaled_target for scale-free ones).
   loss = 'samples': every run also gets its samples key and, unless online, its fixed training set
-  (batch 0, drawn here on the host, the same on any device count).
+  (batch 0, drawn here on the host, the same on any device count). prog.pad_dim: T*'s factors are
+  zero-padded to pad_dim coordinates and every run gets dim_mask (1 on the real d).
   """
   c = prog.configs[0]
   dt = np.dtype(config_lib.dtype_of(c))
@@ -220,13 +245,17 @@ def run_data(prog: Program, runs, seed_targets: Dict[int, tensors.Target]) -> co
       target_sq = targets.sq_norm(t, prog.task.order, dt)
       samples = _samples_of(c, t, seed, target_sq) if prog.task.loss == 'samples' else (None, None)
       _, init_key, reinit_key = targets.seed_keys(seed)
-      per_seed[seed] = (targets.dense_of(t, prog.task.order) if dense else t, np.asarray(init_key),
-                        np.asarray(reinit_key), target_sq, samples)
+      t = targets.dense_of(t, prog.task.order) if dense else t
+      if prog.pad_dim:  # the implicit loss: a factored target (planner.pads)
+        t = t._replace(factors=np.pad(np.asarray(t.factors), ((0, 0), (0, prog.pad_dim - prog.dim))))
+      per_seed[seed] = (t, np.asarray(init_key), np.asarray(reinit_key), target_sq, samples)
     t, init_key, reinit_key, target_sq, (samples, sample_key) = per_seed[seed]
+    dim_mask = (np.arange(prog.pad_dim) < prog.dim).astype(dt) if prog.pad_dim else None
     rows.append(core.RunData(
         init_key=init_key, reinit_key=reinit_key, mask=(np.arange(prog.bucket) < width).astype(dt),
         width=np.asarray(width, dt), target=t, target_sq=target_sq,
-        stop_eps=np.asarray(config_lib.stop_eps(prog.configs[v]), dt), samples=samples, sample_key=sample_key))
+        stop_eps=np.asarray(config_lib.stop_eps(prog.configs[v]), dt), samples=samples, sample_key=sample_key,
+        dim_mask=dim_mask))
   return jax.tree.map(lambda *xs: np.stack(xs), *rows)
 
 

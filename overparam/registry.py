@@ -45,6 +45,10 @@ class AlgorithmSpec:
     with grid(alg, widths); its outcome has a leading width axis (lazy_exact). None: width buckets.
   scale_free: its numbers do not depend on the scale of T* (it fits T*/||T*||): the planner divides the
     target by a power of two near ||T*|| when that norm is extreme.
+  pads_dims: given RunData.dim_mask (D,) (1 on the first d coordinates) and T*'s factors zero-padded to
+    D >= d, it computes what it computes at d (its draws use only the first d coordinates; the padded
+    coordinates stay 0, and so do its exported factors' padded columns): with config.pad_dims and the
+    implicit loss the planner builds every d's program at max(dims), so one compiled program serves all.
   """
   name: str
   make: Callable[..., Any]
@@ -61,6 +65,7 @@ class AlgorithmSpec:
   one_program: Optional[Callable[..., bool]] = None
   grid: Optional[Callable[..., Any]] = None
   scale_free: bool = False
+  pads_dims: bool = False
 
   def __post_init__(self):
     if (self.words_per_run is None) == (self.bytes_per_run is None):
@@ -185,7 +190,7 @@ def find(name: str) -> Optional[AlgorithmSpec]:
 
 
 def flag(name: str, what: str) -> bool:
-  """A flag (alpha_scaled, lazy, scale_free) of an algorithm; False for unknown names."""
+  """A flag (alpha_scaled, lazy, scale_free, pads_dims) of an algorithm; False for unknown names."""
   spec = find(name)
   return bool(spec is not None and getattr(spec, what))
 

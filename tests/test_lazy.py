@@ -362,6 +362,93 @@ def test_prefix_min_norm_matches_numpy_pinv():
       assert np.all(np.asarray(xs[q])[w * k:] == 0)
 
 
+def _qr_prefixes(j, k, widths, b, tau, slots):
+  """lstsq.rotate_components + qr_components + solve_prefixes on J (n, m k) as LazyExact's 'qr' grid
+  kernel calls them: (ranks, x (G, m k), overflow)."""
+  n, cols = j.shape
+  m = cols // k
+  rot, vec, keep = lstsq.rotate_components(jnp.asarray(j.T.reshape(m, k, n)), tau)
+  keep = jnp.concatenate([keep.reshape(-1), jnp.zeros((slots,), bool)])
+  r, perm, pos, piv, overflow = lstsq.qr_components(rot.reshape(cols, n), keep, jnp.asarray(b), cols, tau, cols)
+  ranks, y = lstsq.solve_prefixes(r, perm, pos, piv, keep, widths, cols, k)
+  x = jnp.einsum('bkj,bjg->gbk', vec, y[:cols].reshape(m, k, -1)).reshape(len(widths), cols)
+  return np.asarray(ranks), np.asarray(x), bool(overflow)
+
+
+@pytest.mark.parametrize('n,slots,overflow', [
+    (12, 0, False),  # wide (21 columns, 12 rows): saturation, deflations need no slots
+    (30, 8, False),  # tall: the deflated columns' pivot slots are filled by the zero slots
+    (30, 1, True),   # tall, two deflations, one slot: reported, not silently wrong
+])
+def test_qr_prefixes_match_numpy_pinv(n, slots, overflow):
+  """The QR kernel (LazyExact method 'qr') on a matrix with a dependent column in every block (the
+  rotation drops it), a block that repeats an earlier one (two deflated pivots) and, when wide,
+  saturation: every prefix's rank is numpy's matrix_rank and its solution numpy's pinv; columns
+  beyond the prefix get 0; a deflation that does not fit the slots is flagged."""
+  rng = np.random.default_rng(1)
+  k, m = 3, 7
+  cols = []
+  for i in range(m):
+    blk = rng.normal(size=(n, k))
+    blk[:, 1] = 0.5 * blk[:, 0] - blk[:, 2]  # a dependent column in the middle of the block
+    cols.append(cols[2] if i == 5 else blk)   # block 5 repeats block 2
+  j = np.concatenate(cols, axis=1)
+  widths = (1, 2, 4, 5, 6, 7)
+  b = rng.normal(size=(n, len(widths)))
+  tau = np.sqrt(max(n, m * k) * np.finfo(np.float64).eps) * np.linalg.norm(j[:, :k], axis=0).max()
+  ranks, x, flag = _qr_prefixes(j, k, widths, b, tau, slots)
+  assert flag == overflow
+  if overflow:
+    return
+  for q, w in enumerate(widths):
+    jw = j[:, :w * k]
+    assert ranks[q] == np.linalg.matrix_rank(jw)
+    want = np.linalg.pinv(jw) @ b[:, q]
+    np.testing.assert_allclose(x[q, :w * k], want, atol=1e-10 * np.abs(want).max())
+    assert np.all(x[q, w * k:] == 0)
+  assert list(ranks) == [2, 4, 8, 10, 10, 12]
+
+
+def test_qr_prefixes_random_full_rank_blocks():
+  """No dependence at all: the rotation keeps everything, no deflation; the grid's min-norm
+  solutions are numpy's pinv through and past saturation."""
+  rng = np.random.default_rng(2)
+  n, k, m = 20, 4, 9
+  j = rng.normal(size=(n, m * k))
+  widths = (2, 4, 5, 6, 9)
+  b = rng.normal(size=(n, len(widths)))
+  tau = np.sqrt(max(n, m * k) * np.finfo(np.float64).eps) * np.linalg.norm(j[:, :k], axis=0).max()
+  ranks, x, flag = _qr_prefixes(j, k, widths, b, tau, 0)
+  assert not flag and list(ranks) == [8, 16, 20, 20, 20]
+  for q, w in enumerate(widths):
+    want = np.linalg.pinv(j[:, :w * k]) @ b[:, q]
+    np.testing.assert_allclose(x[q, :w * k], want, atol=1e-10 * np.abs(want).max())
+
+
+def test_qr_overflow_retry_gives_a_slot_per_column():
+  """(4, 4) power at m = 9 (Alexander-Hirschowitz: rank 34 of 35 with 36 columns, no zero columns):
+  with no slot the deflations do not fit, aux['overflow'] says so, and LazyExact.retry (the engine's
+  rerun hook) gives the algorithm with a slot per column, whose grid matches the one-width path and
+  which asks for no further retry."""
+  order, dim, widths = 4, 4, (5, 8, 9)
+  ref = make(overparam.lazy_exact, parametrization='power', signs='balanced', symmetric_init=True, init_scale=0.8)
+  tight = dataclasses.replace(ref.with_grid(widths), slots=0)
+  task = core.Task(order, 'dense', 1)
+  data = run_data(ref, task, dim, 9, 9)
+  st = jax.jit(lambda d: tight.init(task, d))(data)
+  assert bool(np.any(np.asarray(st.aux['overflow'])))
+  again = tight.retry(task, jax.tree.map(np.asarray, st))
+  assert again is not None and again.slots is None and again.widths == widths
+  assert ref.retry(task, jax.tree.map(np.asarray, st)) is None  # the one-width path has no slots
+  s2 = jax.jit(lambda d: again.init(task, d))(data)
+  assert again.retry(task, jax.tree.map(np.asarray, s2)) is None
+  per = jax.tree.map(lambda *x: jnp.stack(x), *[again._width_data(data, w) for w in widths])
+  s_ref = jax.jit(jax.vmap(lambda d: ref.init(task, d)))(per)
+  np.testing.assert_array_equal(np.asarray(s2.aux['tangent_rank']), np.asarray(s_ref.aux['tangent_rank']))
+  assert list(np.asarray(s2.aux['tangent_rank'])) == [20, 32, 34]
+  np.testing.assert_allclose(np.asarray(s2.rel_err), np.asarray(s_ref.rel_err), atol=1e-8)
+
+
 GRID_CASES = [  # (order, d, widths, parametrization, symmetric_init, ntk_scaling, panel_cols)
     (3, 5, (3, 6, 7, 8, 10), 'cp', True, False, 512),            # (3, 5): m = 7 defective (rank 34 < 35)
     (3, 5, (3, 6, 7, 8, 10), 'cp', False, True, 12),             # T(W0) per width, NTK scale, 4 panels
@@ -371,17 +458,19 @@ GRID_CASES = [  # (order, d, widths, parametrization, symmetric_init, ntk_scalin
 ]
 
 
+@pytest.mark.parametrize('method', ['qr', 'gs'])
 @pytest.mark.parametrize('order,dim,widths,parametrization,symmetric_init,ntk_scaling,panel_cols', GRID_CASES)
 def test_grid_path_matches_the_per_width_path(order, dim, widths, parametrization, symmetric_init, ntk_scaling,
-                                              panel_cols):
-  """Every width of the grid: the same tangent rank (and numpy's rank of the dense Jacobian), rel_error
-  to 1e-8, the same parameters (movement) and linearization gap, as the per-width min_norm_solve path
-  (eigendecomposition of the Gram matrix) run in the same bucket."""
+                                              panel_cols, method):
+  """Every width of the grid, by either kernel (the LAPACK QR 'qr', the default; the block
+  Gram-Schmidt 'gs', whose panel_cols applies): the same tangent rank (and numpy's rank of the dense
+  Jacobian), rel_error to 1e-8, the same parameters (movement) and linearization gap, as the
+  per-width min_norm_solve path (eigendecomposition of the Gram matrix) run in the same bucket."""
   big = widths[-1]
   signs = signs_of(parametrization)
   ref = make(overparam.lazy_exact, parametrization=parametrization, signs=signs, symmetric_init=symmetric_init,
              ntk_scaling=ntk_scaling, init_scale=0.8)
-  grid = dataclasses.replace(ref.with_grid(widths), panel_cols=panel_cols)
+  grid = dataclasses.replace(ref.with_grid(widths), panel_cols=panel_cols, method=method)
   task = core.Task(order, 'dense', 1)
   data = run_data(ref, task, dim, big, big)
   per = jax.tree.map(lambda *x: jnp.stack(x), *[grid._width_data(data, m) for m in widths])

@@ -187,3 +187,66 @@ def test_two_processes_give_identical_results(one_device_run, tmp_path):
     assert json.load(f)['provenance']['processes'] == 2
 
 
+
+
+def test_bucket_ratio_groups_the_width_grid():
+  """config.bucket_ratio: wider buckets, fewer programs (1: one program per width)."""
+  ws = (2, 3, 4, 6, 8, 12, 16)
+  assert planner.bucket_widths(ws, 8.0) == [[2, 3, 4, 6, 8, 12, 16]]
+  assert planner.bucket_widths(ws, 4.0) == [[2, 3], [4, 6, 8, 12, 16]]
+  assert planner.bucket_widths((2, 3, 4), 1.0) == [[2], [3], [4]]
+  assert [p.widths for p in planner.plan(tiny_config(widths=ws, bucket_ratio=8.0))] == [ws]
+  with pytest.raises(config_lib.ConfigError, match='bucket_ratio'):
+    config_lib.validate(tiny_config(bucket_ratio=0.5))
+
+
+def test_pad_dims_builds_every_d_at_the_largest():
+  """config.pad_dims: gd and beyond_lazy (implicit loss) programs of every d are built at max(dims):
+  T*'s factors zero-padded, dim_mask on the real d, the same compiled program for every d; without
+  it (or with the dense loss, or for lazy_exact) each d is its own."""
+  c = tiny_config(algorithms=('gd', 'beyond_lazy', 'lazy_exact'), dims=(4, 7), widths=(2, 3), pad_dims=True,
+                  x64=True)
+  progs = planner.plan(c)
+  built = {(p.name, p.dim): p.built_dim for p in progs}
+  assert built == {('gd', 4): 7, ('gd', 7): 7, ('beyond_lazy', 4): 7, ('beyond_lazy', 7): 7,
+                   ('lazy_exact', 4): 4, ('lazy_exact', 7): 7}
+  gd = {p.dim: p for p in progs if p.name == 'gd'}
+  assert gd[4].pad_dim == gd[7].pad_dim == 7 and 'built at d=7' in gd[4].label and 'built' not in gd[7].label
+  sharding = engine.NamedSharding(engine.run_mesh(), engine.P('runs'))
+  fns = []
+  for d, prog in gd.items():
+    runs = prog.cells([0, 1])
+    data = planner.run_data(prog, runs, {s: targets.make_target(c, d, s, None) for s in (0, 1)})
+    assert data.target.factors.shape[1:] == (2, 7)
+    np.testing.assert_array_equal(data.dim_mask, np.tile(np.arange(7) < d, (len(runs), 1)))
+    assert np.all(data.target.factors[..., d:] == 0)
+    fns.append(engine.program_of(planner.run_algorithm(prog, runs), prog.task, data, 30, sharding))
+  assert fns[0] is fns[1]  # one compiled program for both d
+  for kw in (dict(pad_dims=False), dict(pad_dims=True, loss='dense')):
+    assert all(p.pad_dim is None for p in planner.plan(tiny_config(dims=(4, 7), **kw)))
+
+
+@pytest.mark.slow
+def test_pad_dims_rows_match_the_unpadded_sweep(tmp_path):
+  """config.pad_dims (+ bucket_ratio): gd and beyond_lazy at every d run programs built at max(dims),
+  their data zero-padded; every row matches the unpadded sweep to rounding (same status, steps), and
+  the exported factors have d columns."""
+  got = {}
+  for name, kw in (('plain', {}), ('padded', dict(pad_dims=True, bucket_ratio=4.0))):
+    c = tiny_config(x64=True, algorithms=('gd', 'beyond_lazy'), dims=(4, 7), widths=(2, 3, 5), steps=300,
+                    chunk_steps=100, **kw)
+    wd = str(tmp_path / name)
+    experiments.run(c, wd, figures=False)
+    got[name] = load_rows(wd)
+  assert {r['bucket'] for r in got['padded']} == {5}
+  for r in got['padded']:
+    with np.load(os.path.join(str(tmp_path / 'padded'), r['params_file'])) as z:
+      assert z['factors'].shape == (r['width'], r['dim'])
+  plain, padded = rows_by_cell(got['plain']), rows_by_cell(got['padded'])
+  assert plain.keys() == padded.keys()
+  for k, a in plain.items():
+    b = padded[k]
+    assert (a['status'], a['steps']) == (b['status'], b['steps']), k
+    for field in ('rel_error', 'movement', 'linearization_gap'):
+      if a.get(field) is not None:
+        np.testing.assert_allclose(b[field], a[field], rtol=1e-10, err_msg=f'{k} {field}')

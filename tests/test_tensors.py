@@ -234,3 +234,12 @@ def test_load_target_cp_rejects(tmp_path, arrays, dims, rank, match):
     tensors.load_target_cp(_save_npz(tmp_path, 'bad.npz', **arrays), 3, dims, rank)
   with pytest.raises(tensors.TargetError, match='no such file'):
     tensors.load_target_cp(str(tmp_path / 'absent.npz'), 3, dims, rank)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.float64])
+def test_normal_is_jax_random_normal_bit_for_bit(dtype):
+  """tensors.normal (the targets' draws: a prefix of one flat draw) is jax.random.normal exactly."""
+  key = jax.random.fold_in(jax.random.PRNGKey(2), 0)
+  for shape in ((3, 6), (3, 32), (7, 40), (6, 6, 6), (2000,), (40, 40, 40)):
+    np.testing.assert_array_equal(np.asarray(tensors.normal(key, shape, dtype)),
+                                  np.asarray(jax.random.normal(key, shape, dtype)))
