@@ -37,10 +37,13 @@ widths 3, 4, 6 (gd, beyond_lazy) and 8, 11, 16 (lazy), 2,000 steps: the whole pi
 every figure) in ~15 s, used by the tests and benchmarks. It gives lazy_exact m* = 11, 16 and
 beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 seeds.
 
-Expected run time: 3 min 49 s measured with the command above on 2 CPU cores shared with other
-jobs (load average 1.5 at the start, 1.8 at the end; 359 CPU-seconds): lazy_exact took 10, 7, 8, 9,
-21 and 87 s at d = 6 .. 32, the gd and beyond_lazy programs 29 s in all, the rest is start-up,
-compilation and figures. An earlier run at load 3.2-7.6 took 10 min 46 s. The GPU-sized version
+Expected run time: 1 min 43 s and 1.56 GiB peak RSS, measured on 2 CPU cores from an empty
+compilation cache (load average 0.7 at the start, 2.1 at the end; benchmarks/main_job_vs_floor.py,
+2026-12-07): lazy_exact took 2.4, 2.5, 3.2, 4.9, 14.4 and 45.3 s at d = 6 .. 32 (one LAPACK QR per
+seed and d; ~2 s of each is its compilation), the 12 gd and beyond_lazy programs 8 s in all (2 of
+them compiled), the rest is start-up, targets and figures. The LAPACK floor of the lazy_exact work
+(numpy's QR of the same Jacobian shapes) took 34.6 s in the same script: the job is 2.98x its floor.
+The GPU-sized version
 is configs/lazy_vs_rich.py (order 4: configs/lazy_vs_rich_l4.py).
 """
 

@@ -96,17 +96,22 @@ def component_normals(key, ids, dim: int, dtype=jnp.float32):
     key = key if key_b else jnp.broadcast_to(key, (axis_size,) + key.shape)
     if ids_b:  # rare (ids batched): one call per batch element
       return jax.lax.map(lambda a: draw(*a), (key, ids)), True
-    return flat_batch(key), True
+    return flat_batch(key, ids), True
 
+  # ids is an argument, never a closure: it may be a tracer of an enclosing jit (beyond_lazy's
+  # re-draws), which a custom_vmap function must not capture.
   @jax.custom_batching.custom_vmap
-  def flat_batch(keys):  # keys (B, 2), possibly itself under an outer vmap: flatten that too
+  def flat_batch(keys, ids):  # keys (B, 2), possibly itself under an outer vmap: flatten that too
     return _component_normals_flat(keys, ids, dim, dtype)
 
   @flat_batch.def_vmap
-  def flat_rule(axis_size, in_batched, keys):
-    keys = keys if in_batched[0] else jnp.broadcast_to(keys, (axis_size,) + keys.shape)
+  def flat_rule(axis_size, in_batched, keys, ids):
+    keys_b, ids_b = in_batched
+    keys = keys if keys_b else jnp.broadcast_to(keys, (axis_size,) + keys.shape)
+    if ids_b:  # ids batched by the outer vmap: one call per batch element
+      return jax.lax.map(lambda a: flat_batch(*a), (keys, ids)), True
     a, b = keys.shape[:2]
-    return flat_batch(keys.reshape(a * b, 2)).reshape((a, b) + (ids.shape[0], dim)), True
+    return flat_batch(keys.reshape(a * b, 2), ids).reshape((a, b) + (ids.shape[0], dim)), True
 
   return draw(key, ids)
 
