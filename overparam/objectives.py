@@ -17,7 +17,6 @@ from typing import Optional
 
 import chex
 import jax
-import jax.extend.random
 import jax.numpy as jnp
 import jax.scipy.special
 import numpy as np
@@ -29,91 +28,15 @@ LOSSES = ('dense', 'implicit')  # the tensor losses
 ALL_LOSSES = LOSSES + ('samples',)  # and the network's empirical loss (network.py)
 
 
-def _threefry_rows(keys, x2):
-  """jax.random.fold_in-style threefry of raw keys (n, 2) with counters (n,) (high word 0): the pair
-  (b1, b2) of uint32 (n,). One flat (rank-1) call of jax's threefry2x32 primitive."""
-  return jax.extend.random.threefry2x32_p.bind(keys[:, 0], keys[:, 1], jnp.zeros_like(x2), x2)
-
-
-def _component_normals_flat(keys, ids, dim: int, dtype):
-  """(n, m, dim) for raw keys (n, 2) and ids (m,): row [r, j] = jax.random.normal(fold_in(keys[r],
-  ids[j]), (dim,), dtype), bit for bit (threefry2x32 keys, jax_threefry_partitionable; tested against
-  jax.random in tests/test_objectives.py), computed on flat rank-1 arrays."""
-  n, m = keys.shape[0], ids.shape[0]
-  dtype = jnp.dtype(dtype)
-  b1, b2 = _threefry_rows(jnp.repeat(keys, m, axis=0), jnp.tile(ids.astype(jnp.uint32), n))  # fold_in
-  lo = jnp.tile(jnp.arange(dim, dtype=jnp.uint32), n * m)  # the counters of a (dim,) draw: 0 .. dim-1
-  c1, c2 = jax.extend.random.threefry2x32_p.bind(jnp.repeat(b1, dim), jnp.repeat(b2, dim), jnp.zeros_like(lo), lo)
-  finfo = jnp.finfo(dtype)
-  nbits, nmant = finfo.bits, finfo.nmant
-  if nbits == 64:
-    udt, bits = jnp.uint64, (c1.astype(jnp.uint64) << jnp.uint64(32)) | c2.astype(jnp.uint64)
-  elif nbits == 32:
-    udt, bits = jnp.uint32, c1 ^ c2
-  else:
-    raise TypeError(f'component_normals: float32 or float64, got {dtype}')
-  # jax.random.uniform(lo=nextafter(-1, 0), hi=1), then sqrt(2) erfinv: jax.random.normal's recipe
-  one = jnp.asarray(np.array(1.0, dtype).view(np.dtype(udt)), udt)
-  floats = jax.lax.bitcast_convert_type(jax.lax.shift_right_logical(bits, jnp.array(nbits - nmant, udt)) | one,
-                                        dtype) - jnp.array(1.0, dtype)
-  lo_val = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype), dtype=dtype)
-  hi_val = np.array(1.0, dtype)
-  u = jax.lax.max(jnp.asarray(lo_val), floats * (hi_val - lo_val) + lo_val)
-  return jax.lax.mul(np.array(np.sqrt(2), dtype), jax.scipy.special.erfinv(u)).reshape(n, m, dim)
-
-
-def _reference_normals(key, ids, dim: int, dtype):
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype))(ids)
-
-
 def component_normals(key, ids, dim: int, dtype=jnp.float32):
-  """jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype))(ids), bit for
-  bit: (len(ids), dim).
+  """(len(ids), dim): row j is jax.random.normal(fold_in(key, ids[j]), (dim,), dtype).
 
-  The same numbers, cheaper to compile: under the engine's vmap over runs (and any other vmap) the
-  batch is flattened into one rank-1 threefry call (a custom_vmap rule) instead of jax's batched
-  draw, whose rank-3 threefry fusion XLA compiled in ~1 s, about half of a lazy_exact program's
-  compile time (measured on the floor branch; RESULTS.md section 11); this one compiles in ~0.1 s.
-  For a raw uint32[2] key or a typed threefry2x32 key under jax's default (partitionable) threefry;
-  any other key or setting takes jax.random itself.
+  jax.random itself, batched by vmap: a faster flat threefry draw was tried and removed, because
+  its last bits depended on the number of runs batched together (a resumed sweep and a 4-device run
+  differed from the unbroken one-device run at 1e-10), and results must not depend on batching.
   """
   ids = jnp.asarray(ids)
-  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if str(jax.random.key_impl(key)) != 'threefry2x32':
-      return _reference_normals(key, ids, dim, dtype)
-    key = jax.random.key_data(key)
-  if (not jax.config.jax_threefry_partitionable or key.shape[-1:] != (2,) or key.dtype != jnp.uint32
-      or jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))):
-    return _reference_normals(key, ids, dim, dtype)
-
-  @jax.custom_batching.custom_vmap
-  def draw(key, ids):
-    return _component_normals_flat(key[None], ids, dim, dtype)[0]
-
-  @draw.def_vmap
-  def rule(axis_size, in_batched, key, ids):
-    key_b, ids_b = in_batched
-    key = key if key_b else jnp.broadcast_to(key, (axis_size,) + key.shape)
-    if ids_b:  # rare (ids batched): one call per batch element
-      return jax.lax.map(lambda a: draw(*a), (key, ids)), True
-    return flat_batch(key, ids), True
-
-  # ids is an argument, never a closure: it may be a tracer of an enclosing jit (beyond_lazy's
-  # re-draws), which a custom_vmap function must not capture.
-  @jax.custom_batching.custom_vmap
-  def flat_batch(keys, ids):  # keys (B, 2), possibly itself under an outer vmap: flatten that too
-    return _component_normals_flat(keys, ids, dim, dtype)
-
-  @flat_batch.def_vmap
-  def flat_rule(axis_size, in_batched, keys, ids):
-    keys_b, ids_b = in_batched
-    keys = keys if keys_b else jnp.broadcast_to(keys, (axis_size,) + keys.shape)
-    if ids_b:  # ids batched by the outer vmap: one call per batch element
-      return jax.lax.map(lambda a: flat_batch(*a), (keys, ids)), True
-    a, b = keys.shape[:2]
-    return flat_batch(keys.reshape(a * b, 2), ids).reshape((a, b) + (ids.shape[0], dim)), True
-
-  return draw(key, ids)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype))(ids)
 
 
 def init_params(key, parametrization: str, width: int, dim: int, scale: float, dtype=jnp.float32,

@@ -1,5 +1,5 @@
 """Test-session setup: float64 available everywhere (the library passes dtypes explicitly), and the
-`slow` marker: `python -m pytest -q -m "not slow" tests` is the quick loop (under 90 s on 2 cores);
+`slow` marker: `python -m pytest -q -m "not slow" tests` is the quick loop (the math and store tests);
 the README's command runs everything."""
 
 import jax

@@ -127,28 +127,6 @@ def test_implicit_loss_refuses_dense_target():
     objectives.objective(params, signs, jnp.ones(4), dense_target, 3, 'cp', 'implicit', 0.0)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.float64])
-def test_component_normals_are_jax_random_bit_for_bit(dtype):
-  """objectives.component_normals (the init's draws, one flat threefry call under any vmap) gives
-  exactly jax.random.normal(fold_in(key, i), (d,)) for every id, unbatched, under one and two vmaps,
-  for arange and arbitrary ids, and for a typed key."""
-  ref = lambda key, ids, d: jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (d,), dtype))(ids)
-  key = jax.random.PRNGKey(11)
-  keys = jnp.stack([jax.random.fold_in(key, i) for i in range(3)])
-  for d in (1, 5, 32):
-    for ids in (jnp.arange(7), jnp.array([4, 0, 9, 9, 2])):
-      got = jax.jit(lambda k, ids=ids, d=d: objectives.component_normals(k, ids, d, dtype))(key)
-      np.testing.assert_array_equal(np.asarray(got), np.asarray(ref(key, ids, d)))
-      got = jax.jit(jax.vmap(lambda k, ids=ids, d=d: objectives.component_normals(k, ids, d, dtype)))(keys)
-      np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.vmap(lambda k: ref(k, ids, d))(keys)))
-    two = jnp.stack([keys, keys[::-1]])
-    got = jax.jit(jax.vmap(jax.vmap(lambda k, d=d: objectives.component_normals(k, jnp.arange(4), d, dtype))))(two)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.vmap(jax.vmap(lambda k: ref(k, jnp.arange(4), d)))(two)))
-  typed = jax.random.key(11)
-  np.testing.assert_array_equal(np.asarray(objectives.component_normals(typed, jnp.arange(3), 5, dtype)),
-                                np.asarray(ref(typed, jnp.arange(3), 5)))
-
-
 def test_init_params_dim_mask_pads_the_unpadded_init():
   """init_params at a padded d with dim_mask: the first d coordinates are the unpadded init (to the
   rounding of the norm), the rest exactly 0."""
