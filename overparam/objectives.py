@@ -18,7 +18,6 @@ from typing import Optional
 import chex
 import jax
 import jax.numpy as jnp
-import jax.scipy.special
 import numpy as np
 
 from overparam import network, tensors
