@@ -34,19 +34,7 @@ import time
 
 from benchmarks import common
 
-EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
-          '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
-          '/jax/core/compile/backend_compile_duration': 'backend'}
-
-
-def union_seconds(spans) -> float:
-  """Total length of the union of [start, end] intervals."""
-  total, end = 0.0, -float('inf')
-  for s, e in sorted(spans):
-    if e > end:
-      total += e - max(s, end)
-      end = e
-  return total
+EVENTS = common.EVENTS
 
 
 def child(out_path: str, launch_args):
@@ -73,8 +61,8 @@ def child(out_path: str, launch_args):
   jax.monitoring.register_event_listener(on_event)
 
   def report():
-    out = {k: union_seconds(v) for k, v in spans.items()}
-    out['compile'] = union_seconds([s for v in spans.values() for s in v])
+    out = {k: common.union_seconds(v) for k, v in spans.items()}
+    out['compile'] = common.union_seconds([s for v in spans.values() for s in v])
     out['executables'] = len(spans['backend'])
     out['top'] = sorted(per_fn.items(), key=lambda kv: -kv[1])[:6]
     out['in_process_s'] = time.time() - t0

@@ -80,3 +80,19 @@ def fmt_bytes(n: float) -> str:
     if abs(n) >= k:
       return f'{n / k:.2f}{unit}'
   return f'{n:.0f}B'
+
+
+# jax.monitoring event names of a compilation's phases (register_event_time_span_listener)
+EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
+          '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
+          '/jax/core/compile/backend_compile_duration': 'backend'}
+
+
+def union_seconds(spans) -> float:
+  """Total length of the union of [start, end] intervals."""
+  total, end = 0.0, -float('inf')
+  for s, e in sorted(spans):
+    if e > end:
+      total += e - max(s, end)
+      end = e
+  return total

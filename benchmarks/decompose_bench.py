@@ -49,9 +49,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 ORDER, DIM, RANK, WIDTH, N_TARGETS, EPS = 3, 10, 3, 6, 64, 0.05
-EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
-          '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
-          '/jax/core/compile/backend_compile_duration': 'backend'}
+EVENTS = common.EVENTS
 
 
 def targets(n=N_TARGETS):
@@ -78,15 +76,6 @@ def parafac_solve(t):
   cp, errors = parafac(t, RANK, return_errors=True)
   secs = time.perf_counter() - t0
   return secs, rel_error(np.asarray(tl.cp_to_tensor(cp), np.float64), t), len(errors)
-
-
-def union_seconds(spans) -> float:
-  total, end = 0.0, -float('inf')
-  for s, e in sorted(spans):
-    if e > end:
-      total += e - max(s, end)
-      end = e
-  return total
 
 
 # ---- cold: a child process ----------------------------------------------------------------------
@@ -124,9 +113,9 @@ def cold_child(tensor_path: str, cache: str):
   print(json.dumps({
       'jax_import_s': jax_s, 'overparam_import_s': import_s, 'first_s': first_s, 'second_s': second_s,
       'to_answer_s': time.perf_counter() - t_start - second_s,
-      'trace_s': union_seconds(first_spans['trace']), 'lower_s': union_seconds(first_spans['lower']),
-      'backend_s': union_seconds(first_spans['backend']),
-      'compile_s': union_seconds([x for v in first_spans.values() for x in v]),
+      'trace_s': common.union_seconds(first_spans['trace']), 'lower_s': common.union_seconds(first_spans['lower']),
+      'backend_s': common.union_seconds(first_spans['backend']),
+      'compile_s': common.union_seconds([x for v in first_spans.values() for x in v]),
       'programs': n_backend, 'by_fn': by_fn, 'hits': hits.count('/jax/compilation_cache/cache_hits'),
       'misses': hits.count('/jax/compilation_cache/cache_misses'),
       'extra_programs_second_call': len(spans['backend']) - n_backend,

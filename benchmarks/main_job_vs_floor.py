@@ -51,9 +51,7 @@ QUICK_TOP_WIDTH = 16
 EXPECTED_M_STAR = {'lazy_exact': {6: 11, 8: 16, 12: 35, 16: 51, 24: 112, 32: 200},
                    'beyond_lazy': {d: 3 for d in DIMS}, 'gd': {d: 4 for d in DIMS}}
 QUICK_M_STAR = {'lazy_exact': {6: 11, 8: 16}, 'beyond_lazy': {6: 3, 8: 3}}  # gd at d = 8 needs > 2 seeds
-EVENTS = {'/jax/core/compile/jaxpr_trace_duration': 'trace',
-          '/jax/core/compile/jaxpr_to_mlir_module_duration': 'lower',
-          '/jax/core/compile/backend_compile_duration': 'backend'}
+EVENTS = common.EVENTS
 
 
 def loadavg() -> str:
@@ -192,15 +190,6 @@ def profile_child(config: str, workdir: str, out_path: str):
   app.run(launch.main, flags_parser=launch.parse_flags)
 
 
-def _union(intervals) -> float:
-  total, end = 0.0, -float('inf')
-  for s, e in sorted(intervals):
-    if e > end:
-      total += e - max(s, end)
-      end = e
-  return total
-
-
 def _clip(spans, lo, hi):
   return [(max(s, lo), min(e, hi)) for _, s, e in spans if e > lo and s < hi]
 
@@ -235,8 +224,8 @@ def profile(quick: bool, root: str = ''):
   prev_end = None
   gaps = 0.0
   for kind, label, w0, w1, cpu, rss in programs:
-    comp = _union(_clip(spans, w0, w1))
-    backend = _union(_clip([s for s in spans if s[0] == 'backend'], w0, w1))
+    comp = common.union_seconds(_clip(spans, w0, w1))
+    backend = common.union_seconds(_clip([s for s in spans if s[0] == 'backend'], w0, w1))
     # host work of this program: its run data before it and its finalize after it
     host = sum(e[3] - e[2] for e in events if e[0] in ('run_data', 'finalize') and
                (prev_end or 0) <= e[2] and e[3] <= (w1 + 3600) and
@@ -262,7 +251,7 @@ def profile(quick: bool, root: str = ''):
   print('  host: ' + ', '.join(f'{k} {v:.1f}s' for k, v in sorted(by_kind.items())) +
         f'; process start to first step {first - p["t_start"]:.1f}s (in-process; + interpreter start)')
   print(f'  compile outside programs (targets, eager ops): '
-        f'{_union(spans and [(s, e) for _, s, e in spans]) - tot["compile"]:.1f}s')
+        f'{common.union_seconds(spans and [(s, e) for _, s, e in spans]) - tot["compile"]:.1f}s')
   print(f'  m*: {sorted(ms.items())}')
 
 

@@ -85,7 +85,7 @@ def rel_error(t, t_star):
 def solve_ours(alg_name: str, single: bool) -> dict:
   """In this process (a child): errors (16,), steps (16,), {timing: seconds per solve}, compile split."""
   import jax  # noqa: PLC0415
-  from benchmarks.cache_bench import EVENTS, union_seconds  # noqa: PLC0415
+  EVENTS, union_seconds = common.EVENTS, common.union_seconds
   import overparam  # noqa: PLC0415
   from overparam import compile_cache, config_lib, engine, objectives, planner  # noqa: PLC0415
   compile_cache.configure()  # as launch.py does: JAX_COMPILATION_CACHE_DIR (set by the parent)

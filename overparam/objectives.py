@@ -28,11 +28,11 @@ ALL_LOSSES = LOSSES + ('samples',)  # and the network's empirical loss (network.
 
 
 def component_normals(key, ids, dim: int, dtype=jnp.float32):
-  """(len(ids), dim): row j is jax.random.normal(fold_in(key, ids[j]), (dim,), dtype).
+  """(len(ids), dim): row j is jax.random.normal(fold_in(key, ids[j]), (dim,), dtype); the draws of
+  init_params and of beyond_lazy's re-initializations.
 
-  jax.random itself, batched by vmap: a faster flat threefry draw was tried and removed, because
-  its last bits depended on the number of runs batched together (a resumed sweep and a 4-device run
-  differed from the unbroken one-device run at 1e-10), and results must not depend on batching.
+  Plain jax.random under vmap on purpose: a hand-flattened threefry draw compiled faster but its last
+  bits depended on how many runs were batched together, and results must not depend on batching.
   """
   ids = jnp.asarray(ids)
   return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype))(ids)

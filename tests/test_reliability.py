@@ -5,6 +5,7 @@ import math
 import os
 import re
 import signal
+import socket
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
@@ -533,7 +534,6 @@ def test_a_config_file_returning_a_dict_says_a_configdict_is_needed(tmp_path):
 
 
 def _free_port():
-  import socket  # noqa: PLC0415
   with socket.socket() as s:
     s.bind(('localhost', 0))
     return s.getsockname()[1]
@@ -541,15 +541,13 @@ def _free_port():
 
 @pytest.mark.slow
 def test_a_coordinator_that_never_answers_is_an_error_not_a_hang(tmp_path):
-  import time  # noqa: PLC0415
-  port = _free_port()  # nobody listens there
-  t0 = time.time()
+  port = _free_port()  # nobody listens there; a hang is caught by finish's timeout
   rc, err = finish(launch(str(tmp_path / 'wd'), '--config.distributed=True', f'--coordinator_address=localhost:{port}',
                           '--num_processes=2', '--process_id=1', '--coordinator_timeout_s=3'), timeout=120)
   last = err.strip().splitlines()[-1]
   assert rc == 2 and last.startswith(f'error: --coordinator_address localhost:{port}: process 1 of 2 could not join '
                                      'the job within --coordinator_timeout_s=3'), err[-1500:]
-  assert 'joining the job' in err and time.time() - t0 < 60 and not (tmp_path / 'wd').exists()
+  assert 'joining the job' in err and not (tmp_path / 'wd').exists()
 
 
 @pytest.mark.slow
