@@ -147,6 +147,9 @@ def main(quick: bool, job_env=None):
 def profile_child(config: str, workdir: str, out_path: str):
   """Runs the launcher in this process with timers around the engine's steps; writes JSON."""
   t_start = time.time()
+  # launch first: it fixes OPENBLAS_NUM_THREADS before numpy loads, as a plain launch does (importing
+  # overparam first would leave LAPACK on one thread and profile a slower job than the one timed)
+  import launch  # noqa: PLC0415 - the repository root is the working directory
   import jax  # noqa: PLC0415
   spans = []
 
@@ -185,7 +188,6 @@ def profile_child(config: str, workdir: str, out_path: str):
   import atexit  # noqa: PLC0415
   atexit.register(report)
   from absl import app  # noqa: PLC0415
-  import launch  # noqa: PLC0415 - the repository root is the working directory
   sys.argv = ['launch.py', f'--config={config}', f'--workdir={workdir}']
   app.run(launch.main, flags_parser=launch.parse_flags)
 

@@ -5,50 +5,60 @@ fits in 24 GiB for each algorithm, from a memory model validated against measure
                                                       # d_max table for l = 3, 4 (~5 minutes)
   python -m benchmarks.memory_bench --quick           # one (the smaller) validation size each
   python -m benchmarks.memory_bench --part=largest    # every shipped config's largest program by the
-                                                      # model; the largest one run and measured (~3 min)
+                                                      # model; the largest that fits and configs/default.py's
+                                                      # run and measured (~15 min on 2 cores, 12 of them
+                                                      # network_gpu.py's lazy_exact; --quick: default.py's only)
 
 Method.
   Measured: `experiments.run` (the launcher's whole path: targets, one program, finalize with its
-  float64 host evaluation, results, figures) in a fresh subprocess; peak RSS = ru_maxrss.
+  float64 host evaluation, results, figures) in a fresh subprocess, OpenBLAS on the core count as
+  launch.py sets it; peak RSS = ru_maxrss.
   Model: predicted peak RSS of one program =
       base                     RSS of the same subprocess running a tiny program (interpreter, jax,
                                XLA runtime, matplotlib), measured in this run
-    + host copies              the host RunData, the host copy of the final state and of the
-                               exported/dense model (sweep.run_program's to_host)
-    + max(device peak,         max over the program's compiled functions (init, chunk, export,
-                               dense_model, extras) of XLA's own buffer accounting
-                               (Compiled.memory_analysis: arguments + outputs + temporaries -
-                               donated aliases); compiled from abstract shapes, nothing allocated
+    + host copies              the host RunData, the host copy of the final state and of finish's
+                               outputs (engine.run_program's to_host)
+    + max(device peak,         max over the engine's compiled functions of the program (init, chunk,
+                               finish) of XLA's own buffer accounting (Compiled.memory_analysis:
+                               arguments + outputs + temporaries - donated aliases)
           float64 evaluation)  finalize's rel_error, one run at a time, after the program's device
                                buffers are freed: 3 dense float64 (d,)^l arrays when it evaluates
-                               densely (lazy models, or d^l <= 2^24), else ~3 m d float64 (factors,
-                               recovery, movement)
+                               densely (dense models or targets, or d^l <= 2^24), else ~3 m d float64
+  The program is the one `planner.plan` makes of the config, its inputs built by planner.run_algorithm
+  and planner.run_data (one run, a dense T* as a placeholder of its shape) and its functions by
+  engine.program_of (the engine's own constructor, compiler options included); compiled from abstract
+  shapes on engine.run_mesh, nothing of the program's size allocated.
   Validated at two sizes per algorithm (measured / predicted printed). The model leaves out what the
   XLA CPU runtime allocates beyond its buffer assignment (YNNPACK/XNNPACK fusion scratch: with
   those fusions disabled a lazy l = 4 chunk's RSS growth matched XLA's accounting; with them it was
-  1.2 GB over) and allocator slack, so it can underestimate: the largest d that fits in 24 GiB is
-  found on the model scaled by the worst measured/predicted ratio of the validation (compile-only
-  probes, a secant search in log d - log bytes, bracketed by consecutive probes), one run per
-  program (a program of n runs needs about n times the per-run part).
+  1.2 GB over; LAPACK workspaces), compiled code and allocator slack, so it can underestimate: the
+  largest d that fits in 24 GiB is found on the model scaled by the worst measured/predicted ratio of
+  the validation (compile-only probes, a secant search in log d - log bytes, bracketed by consecutive
+  probes), one run per program (a program of n runs needs about n times the per-run part).
+  check est.: the library's pre-flight estimate (planner.program_bytes with check_memory's runs per
+  device and dtype), which leaves out the base.
 Widths: gd and beyond_lazy m = 64 (their widths do not grow with d); lazy and lazy_exact at the
 dimension count m = ceil(C(d+l-1, l) / d), the smallest width whose tangent space can span the
-symmetric tensors (the width the lazy-threshold experiments need at that d). dtypes as the shipped
-configs: gd, beyond_lazy float32; lazy, lazy_exact float64 (configs/lazy_threshold*.py set x64).
-gd_dense is gd with config.loss = dense (what a dense target file forces).
+symmetric tensors (the width the lazy-threshold experiments need at that d; lazy_exact runs it as a
+one-width grid, its engine path). dtypes as the shipped configs: gd, beyond_lazy float32; lazy,
+lazy_exact float64 (configs/lazy_threshold*.py set x64). gd_dense is gd with config.loss = dense
+(what a dense target file forces).
 
 A sweep runs its programs one after another and frees each program's buffers before the next, so
-its peak RSS is that of its largest program: --part=largest estimates the largest program of every
-shipped config (configs/*.py: top width bucket at the largest d, all seeds and ranks of its rows)
-and runs the largest one that fits this machine for real (plus configs/default.py's largest),
-iterative algorithms cut to 5 steps and lazy's power iteration to 5 iterations (memory does not
-grow with either).
+its peak RSS is about that of its largest program: --part=largest takes, per shipped config
+(configs/*.py) and algorithm, the program of its plan with the largest pre-flight estimate (ties:
+the largest d), gives its model, and runs the largest that fits this machine for real (plus
+configs/default.py's largest), each config cut to that one program, iterative algorithms to 5 steps
+and lazy's power iteration to 5 iterations (memory does not grow with either).
 
 ratio (the run.py lines) = measured / predicted peak RSS: worst over the validation sizes
-(`memory_model`), and of the largest shipped program (`largest_default_program`); 1 = exact model,
-> 1 = the model underestimates.
+(`memory_model`), of the largest shipped program (`largest_default_program`, `default_py_program`),
+and of configs/default.py's largest against the pre-flight estimate plus the base
+(`default_py_preflight`); 1 = exact, > 1 = the prediction is low.
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -67,6 +77,8 @@ VALIDATE = {  # (order, d, runs per program)
     'lazy': [(3, 64, 1), (4, 16, 8)],
     'lazy_exact': [(3, 20, 1), (3, 26, 1)],
 }
+# the measuring subprocesses: OpenBLAS threads as launch.py sets them (overparam alone defaults to 1)
+CHILD_ENV = {'OPENBLAS_NUM_THREADS': os.environ.get('OPENBLAS_NUM_THREADS', str(os.cpu_count() or 1))}
 
 
 def count_width(order: int, dim: int) -> int:
@@ -74,19 +86,17 @@ def count_width(order: int, dim: int) -> int:
 
 
 def alg_config(name: str, order: int, dim: int, runs: int = 1):
-  """(config, algorithm name for the engine, width) of one program of the memory table."""
+  """(config, width) of one program of the memory table."""
   from overparam import config_lib  # noqa: PLC0415
   c = config_lib.base_config()
-  engine = 'gd' if name == 'gd_dense' else name
-  c.algorithms = (engine,)
+  c.algorithms = ('gd' if name == 'gd_dense' else name,)
   c.order, c.dims, c.rank = order, (dim,), 3
   c.num_seeds = runs
   c.steps, c.chunk_steps = 2, 2
   c.checkpoint_every_s = 1e9
   c.save_params = False
   c.eps = 1e-30
-  if 'memory_gb' in c:
-    c.memory_gb = 1e6  # the library's pre-flight check is compared with, not applied
+  c.memory_gb = 1e6  # the library's pre-flight check is compared with, not applied
   if name == 'gd_dense':
     c.loss = 'dense'
   if name in ('lazy', 'lazy_exact'):
@@ -96,90 +106,108 @@ def alg_config(name: str, order: int, dim: int, runs: int = 1):
   else:
     width = 64
   c.widths = (width,)
-  return c, engine, width
+  return c, width
 
 
 def _nbytes(tree) -> int:
   import jax  # noqa: PLC0415
-  return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+  return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def abstract_run_data(c, dim: int, runs: int, bucket: int, loss: str, sharding):
-  """ShapeDtypeStructs of experiments.run_data(...) for `runs` cells (nothing allocated)."""
+def only_program(c):
+  """The one program of config c's plan."""
+  from overparam import planner  # noqa: PLC0415
+  progs = planner.plan(c)
+  if len(progs) != 1:
+    raise ValueError(f'expected one program, the plan has {[p.label for p in progs]}')
+  return progs[0]
+
+
+def program_inputs(c, prog):
+  """(alg, data) of `prog` as the engine gets them from experiments (padded to the device count),
+  data as zero-stride host arrays: planner.run_algorithm's leaves, and planner.run_data's structure,
+  shapes and dtypes (one run built, a dense T* as a placeholder of its shape)."""
   import jax  # noqa: PLC0415
-  from overparam import algorithms, experiments, tensors  # noqa: PLC0415
-  dt = np.dtype(experiments.dtype_of(c))
-  s = lambda *shape, dtype=dt: jax.ShapeDtypeStruct((runs,) + shape, dtype, sharding=sharding)
-  r = c.rank
-  target = tensors.Target(coeffs=s(r), factors=s(r, dim), dense=s(*(dim,) * c.order) if loss == 'dense' else None)
-  return algorithms.RunData(init_key=s(2, dtype=np.uint32), reinit_key=s(2, dtype=np.uint32), mask=s(bucket),
-                            signs=s(bucket), width=s(), target=target, target_sq=s())
+  from overparam import engine, planner, registry, targets  # noqa: PLC0415
+  seeds = [c.seed + s for s in range(c.num_seeds)]
+  runs = sorted({(prog.bucket, s, v) for _, s, v in prog.cells(seeds)}) if prog.one else prog.cells(seeds)
+  n_total = engine.padded_runs(len(runs), engine.run_mesh().size)
+  alg = engine.pad_runs(planner.run_algorithm(prog, runs), n_total)
+  scale_free = all(registry.flag(a, 'scale_free') for a in c.algorithms)
+  t = targets.build_all(c, seeds[:1], scale_free, targets.load_file(c)[0])[(targets.key_of(prog.common), prog.dim)]
+  t = t[seeds[0]]
+  dense = t.dense is None and (prog.task.loss == 'dense' or prog.algs[0].needs_dense_target)
+  if dense:
+    t = t._replace(dense=np.zeros((1,) * prog.task.order, t.coeffs.dtype))
+  one = planner.run_data(prog, runs[:1], {seeds[0]: t})
+  if dense:
+    one = one._replace(target=one.target._replace(dense=np.zeros((1,) + (prog.dim,) * prog.task.order,
+                                                                 one.target.dense.dtype)))
+  data = jax.tree.map(lambda x: np.broadcast_to(np.zeros((), x.dtype), (n_total,) + x.shape[1:]), one)
+  return alg, data
 
 
-def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
-  """The memory model's terms (bytes) for one program; compile-only."""
+def program_model(c, prog) -> dict:
+  """The memory model's terms (bytes) of one program; compile-only."""
   import jax  # noqa: PLC0415
   from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import config_lib, experiments, sweep  # noqa: PLC0415
-  c, engine, width = alg_config(name, order, dim, runs)
-  loss = config_lib.resolve_loss(c)
-  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
-  grid = (width,) if engine == 'lazy_exact' else ()  # lazy_exact runs its grid path (runs = seeds)
-  alg = experiments.build_algorithm(engine, c, dim, width, grid)
-  data = abstract_run_data(c, dim, runs, width, loss, sharding)
-  init, chunk, finish = sweep.compiled(alg, config_lib.chunk_of(c), sharding, 0)
+  from overparam import config_lib, engine, registry  # noqa: PLC0415
+  jax.config.update('jax_enable_x64', bool(c.x64))  # as the measured subprocess runs it
+  sharding = NamedSharding(engine.run_mesh(), P('runs'))
+  alg, data = program_inputs(c, prog)
+  fns = engine.program_of(alg, prog.task, data, config_lib.chunk_of(c), sharding, c.trace_every)
+  spec = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), t)
+  alg, data = spec(alg), spec(data)
   peaks = {}
 
   def account(label, fn, *args):
     m = fn.lower(*args).compile().memory_analysis()
     peaks[label] = int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                        - m.alias_size_in_bytes)
-    return m
 
-  account('init', init, data)
-  state = jax.eval_shape(init, data)
-  account('chunk', chunk, state, data)
-  account('finish', finish, state, data)  # export, dense_model and extras in one program
-  outs = _nbytes(jax.eval_shape(finish, state, data))
-  dense_eval = engine in ('lazy', 'lazy_exact') or dim ** order <= 1 << 24
-  f64 = 3 * 8 * dim ** order if dense_eval else 3 * 8 * width * dim  # finalize: one run at a time
-  sweep.compiled.cache_clear()
+  account('init', fns.init, alg, data)
+  state = jax.eval_shape(fns.init, alg, data)
+  account('chunk', fns.chunk, alg, state, data)
+  account('finish', fns.finish, alg, state, data)  # export, dense_model and extras in one program
+  outs = _nbytes(jax.eval_shape(fns.finish, alg, state, data))
+  engine.compiled.cache_clear()
   jax.clear_caches()
+  order, dim = prog.task.order, prog.dim
+  dense_eval = registry.flag(prog.name, 'lazy') or data.target.dense is not None or dim ** order <= 1 << 24
+  f64 = 3 * 8 * dim ** order if dense_eval else 3 * 8 * prog.bucket * dim  # finalize: one run at a time
   host = _nbytes(data) + _nbytes(state) + outs
-  device = max(peaks.values()) + lapack_workspace(engine, c, order, dim, width)
-  return {'device_peak': device, 'peak_fn': max(peaks, key=peaks.get), 'host': host,
-          'f64_eval': f64, 'width': width, 'total_no_base': host + max(device, f64)}
+  device = max(peaks.values())
+  return {'device_peak': device, 'peak_fn': max(peaks, key=peaks.get), 'host': host, 'f64_eval': f64,
+          'runs': data.mask.shape[0], 'total_no_base': host + max(device, f64)}
 
 
-def lapack_workspace(engine: str, c, order: int, dim: int, bucket: int) -> int:
-  """Bytes of LAPACK's syevd workspace (2 n^2 + 6 n + 1 words, n = the Gram size min(N, P)) that
-  the per-width lazy_exact path's eigh allocates outside XLA's buffer accounting (once per program:
-  the batch loop reuses it). Measured without it: lazy_exact RSS 1.34x the model at d = 28. The grid
-  path (what the engine runs) calls no eigh: its LAPACK calls (potrf, geqrf on N x (d+1), gesdd on
-  (d+1) x (d+1)) work in place or on small blocks, so 0."""
-  return 0
+def check_estimate(c, prog) -> int:
+  """The library's pre-flight estimate of one program (planner.check_memory's arithmetic, not its
+  refusal)."""
+  import jax  # noqa: PLC0415
+  from overparam import planner  # noqa: PLC0415
+  devices = jax.local_devices()
+  share = 1 if devices[0].platform == 'cpu' else len(devices)
+  runs = math.ceil(planner.runs_of(prog, c.num_seeds) / share)
+  return int(planner.program_bytes(prog, runs, 8 if c.x64 else 4))
 
 
-def check_estimate(engine: str, c, dim: int, bucket: int, runs: int):
-  """The library's pre-flight estimate (overparam.memory.program_bytes) of one program, or None
-  where the library has none."""
-  try:
-    from overparam import memory  # noqa: PLC0415
-  except ImportError:
-    return None
-  return int(memory.program_bytes(engine, c, dim, bucket, c.rank, runs))
+def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:
+  """The model's terms of one program of the memory table."""
+  c, width = alg_config(name, order, dim, runs)
+  out = program_model(c, only_program(c))
+  out['width'] = width
+  return out
 
 
 def measure(name: str, order: int, dim: int, runs: int = 1) -> int:
   """Peak RSS (bytes) of experiments.run on one program, in a fresh subprocess."""
   out = common.run_json_subprocess('benchmarks.memory_bench', ['--measure', json.dumps([name, order, dim, runs])],
-                                   timeout=1200)
+                                   env=CHILD_ENV, timeout=1200)
   return out['peak_rss']
 
 
-def _child_measure(spec: str):
-  name, order, dim, runs = json.loads(spec)
-  c, _, _ = alg_config(name, order, dim, runs)
+def _run_and_report(c):
   import jax  # noqa: PLC0415
   if c.x64:
     jax.config.update('jax_enable_x64', True)
@@ -187,6 +215,11 @@ def _child_measure(spec: str):
   with tempfile.TemporaryDirectory() as wd:
     experiments.run(c, wd)
   print(json.dumps({'peak_rss': common.peak_rss_bytes()}))
+
+
+def _child_measure(spec: str):
+  name, order, dim, runs = json.loads(spec)
+  _run_and_report(alg_config(name, order, dim, runs)[0])
 
 
 def find_dmax(name: str, order: int, d_lo: int, d_hi: int, probes: int = 6, base: int = 0, calib: float = 1.0):
@@ -243,97 +276,61 @@ SEARCH_START = {
 }
 
 
-def largest_default_programs():
-  """[(config name, algorithm, order, d, bucket widths, seeds, x64)] of each shipped config's
-  largest program per algorithm (largest d, widest bucket)."""
-  import importlib.util  # noqa: PLC0415
-  from overparam import config_lib, registry  # noqa: PLC0415
-  out = []
-  cdir = os.path.join(common.ROOT, 'configs')
-  for fname in sorted(os.listdir(cdir)):
-    if not fname.endswith('.py'):
-      continue
-    spec = importlib.util.spec_from_file_location(f'cfg_{fname[:-3]}', os.path.join(cdir, fname))
-    mod = importlib.util.module_from_spec(spec)
-    try:
-      spec.loader.exec_module(mod)
-      c = mod.get_config()
-    except Exception as e:  # noqa: BLE001 - a config being written by someone else
-      print(f'  (skipped {fname}: {type(e).__name__}: {e})')
-      continue
-    ranks = config_lib.ranks_of(c)
-    n_alpha = max(1, len(c.alphas))
-    for alg in c.algorithms:
-      widths = config_lib.widths_of(c, alg) if hasattr(config_lib, 'widths_of') else c.widths
-      top = registry.get(alg).width_groups(widths, c)[-1]  # lazy_exact (one_program): its whole grid
-      out.append((fname, alg, c.order, max(c.dims), tuple(top), c.num_seeds, bool(c.x64), max(ranks),
-                  n_alpha if alg == 'gd' else 1, c))
-  return out
+def shipped_config(fname: str):
+  spec = importlib.util.spec_from_file_location(f'cfg_{fname[:-3]}', os.path.join(common.ROOT, 'configs', fname))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
 
 
-def default_program_bytes(entry) -> dict:
-  """Model terms of one shipped config's largest program (its real widths, seeds, rank, dtype)."""
-  import jax  # noqa: PLC0415
-  from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: PLC0415
-  from overparam import config_lib, experiments, registry, sweep  # noqa: PLC0415
-  fname, alg_name, order, dim, top, seeds, x64, rank, _, c = entry
-  c = c.copy_and_resolve_references()
-  c.rank = rank
-  one = registry.get(alg_name).is_one_program(c)
-  runs = seeds if one else len(top) * seeds  # a one-program algorithm's runs are the seeds
-  bucket = max(top)
-  loss = config_lib.resolve_loss(c)
-  sharding = NamedSharding(sweep.run_mesh(), P('runs'))
-  alg = experiments.build_algorithm(alg_name, c, dim, bucket, tuple(top) if one else ())
-  data = abstract_run_data(c, dim, runs, bucket, loss, sharding)
-  fns = sweep.compiled(alg, config_lib.chunk_of(c), sharding, c.trace_every)
-  peak = 0
-  state = jax.eval_shape(fns[0], data)
-  for k, fn in enumerate(fns):
-    if fn is None:
-      continue
-    args = (data,) if k == 0 else (state, data)
-    m = fn.lower(*args).compile().memory_analysis()
-    peak = max(peak, int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                         - m.alias_size_in_bytes))
-  dense_eval = alg_name in ('lazy', 'lazy_exact') or dim ** order <= 1 << 24
-  f64 = 3 * 8 * dim ** order if dense_eval else 3 * 8 * bucket * dim  # finalize: one run at a time
-  sweep.compiled.cache_clear()
-  jax.clear_caches()
-  outs = sum(_nbytes(jax.eval_shape(fn, state, data)) for fn in fns[2:] if fn is not None)
-  host = _nbytes(data) + _nbytes(state) + outs
-  device = peak + lapack_workspace(alg_name, c, order, dim, bucket)
-  return {'runs': runs, 'bucket': bucket, 'total_no_base': host + max(device, f64), 'config': c}
-
-
-def _child_measure_default(spec: str):
-  """Runs the largest program of a shipped config (its top bucket at its largest d, all seeds),
-  iterative algorithms cut to 5 steps and 5 power iterations (memory does not grow with either)."""
-  fname, alg, dim, top = json.loads(spec)
-  import importlib.util  # noqa: PLC0415
-  path = os.path.join(common.ROOT, 'configs', fname)
-  spec_ = importlib.util.spec_from_file_location('cfg', path)
-  mod = importlib.util.module_from_spec(spec_)
-  spec_.loader.exec_module(mod)
-  c = mod.get_config()
-  import jax  # noqa: PLC0415
-  if c.x64:
-    jax.config.update('jax_enable_x64', True)
-  from overparam import experiments  # noqa: PLC0415
-  c.algorithms, c.dims, c.widths = (alg,), (dim,), tuple(top)
-  if 'algorithm_widths' in c and alg in c.algorithm_widths:
-    c.algorithm_widths[alg] = tuple(top)
+def one_program_config(fname: str, alg: str, dim: int, widths, values):
+  """A shipped config cut to one program of its plan (algorithm, d, width bucket, program-level axis
+  values), iterative algorithms to 5 steps and 5 power iterations (memory does not grow with either);
+  no trajectories, no checkpoints, the pre-flight check not applied."""
+  c = shipped_config(fname)
+  c.algorithms, c.dims = (alg,), (dim,)
+  c.widths = tuple(widths)
+  c.algorithm_widths[alg] = tuple(widths)
+  for field, v in values.items():
+    if field == 'rank':
+      c.ranks = (v,)
+    elif field == 'alpha':
+      c.alphas = (v,)
+    else:
+      c.axes = tuple(f'{field}={v!r}' if a.partition('=')[0].strip() == field else a for a in c.axes)
   c.steps = min(c.steps, c.chunk_steps, 5)
   c.chunk_steps = c.steps
   c.lazy.power_iters = min(c.lazy.power_iters, 5)  # a fori_loop: its count does not change memory
+  c.trace_every = 0
   c.checkpoint_every_s = 1e9
-  if 'memory_gb' in c:
-    c.memory_gb = 1e6  # the library's pre-flight check is compared with, not applied
-  if c.trace_every:
-    c.trace_every = 0
-  with tempfile.TemporaryDirectory() as wd:
-    experiments.run(c, wd)
-  print(json.dumps({'peak_rss': common.peak_rss_bytes()}))
+  c.memory_gb = 1e6  # the library's pre-flight check is compared with, not applied
+  return c
+
+
+def largest_programs():
+  """[(config file, algorithm, d, widths, program-level values)] of each shipped config's largest
+  program per algorithm by the pre-flight estimate (ties: the largest d)."""
+  import jax  # noqa: PLC0415
+  from overparam import planner  # noqa: PLC0415
+  out = []
+  for fname in sorted(f for f in os.listdir(os.path.join(common.ROOT, 'configs')) if f.endswith('.py')):
+    try:
+      c = shipped_config(fname)
+      jax.config.update('jax_enable_x64', bool(c.x64))
+      best = {}
+      for prog in planner.plan(c):
+        key = (check_estimate(c, prog), prog.dim)
+        if prog.name not in best or key > best[prog.name][0]:
+          best[prog.name] = (key, prog)
+    except Exception as e:  # noqa: BLE001 - a config being written by someone else
+      print(f'  (skipped {fname}: {type(e).__name__}: {e})')
+      continue
+    out += [(fname, p.name, p.dim, list(p.widths), dict(p.values)) for _, p in best.values()]
+  return out
+
+
+def _child_measure_default(spec: str):
+  _run_and_report(one_program_config(*json.loads(spec)))
 
 
 def measure_base() -> int:
@@ -344,12 +341,10 @@ def measure_base() -> int:
 def main_model(quick: bool = False):
   """Validation of the model against measured RSS, and (full) the d_max table."""
   common.header('memory_bench (model)', quick)
-  import jax  # noqa: PLC0415
-  jax.config.update('jax_enable_x64', True)  # the lazy rows are float64, as their configs
   base = measure_base()
   print(f'  base RSS (interpreter, jax, XLA runtime, matplotlib; tiny program minus its model bytes): '
         f'{common.fmt_bytes(base)}')
-  print('  (check est.: the library\'s pre-flight estimate, overparam.memory.program_bytes, against the '
+  print('  (check est.: the library\'s pre-flight estimate, planner.program_bytes, against the '
         'measured RSS less the base)')
   print(f'  {"algorithm":<12}{"l":>2}{"d":>10}{"m":>6}{"runs":>5}  {"device peak (fn)":<24}{"host":>10}'
         f'{"f64 eval":>10}{"predicted":>11}{"measured":>11}{"meas/pred":>10}{"check est.":>11}{"est/(meas-base)":>16}')
@@ -360,13 +355,12 @@ def main_model(quick: bool = False):
       pred = base + mb['total_no_base']
       meas = measure(name, order, dim, runs)
       worst = max(worst, meas / pred)
-      c, engine, width = alg_config(name, order, dim, runs)
-      est = check_estimate(engine, c, dim, width, runs)
-      est_s = (f'{common.fmt_bytes(est):>11}{est / max(meas - base, 1):>16.2f}' if est is not None else f'{"-":>11}{"-":>16}')
+      c, _ = alg_config(name, order, dim, runs)
+      est = check_estimate(c, only_program(c))
       print(f'  {name:<12}{order:>2}{dim:>10}{mb["width"]:>6}{runs:>5}  '
             f'{common.fmt_bytes(mb["device_peak"]) + " (" + mb["peak_fn"] + ")":<24}{common.fmt_bytes(mb["host"]):>10}'
             f'{common.fmt_bytes(mb["f64_eval"]):>10}{common.fmt_bytes(pred):>11}{common.fmt_bytes(meas):>11}'
-            f'{meas / pred:>10.2f}' + est_s, flush=True)
+            f'{meas / pred:>10.2f}{common.fmt_bytes(est):>11}{est / max(meas - base, 1):>16.2f}', flush=True)
   calib = max(1.0, worst)
   if not quick:
     print(f'  largest d with (model x {calib:.2f}, the worst measured/predicted above) <= 24 GiB, one run per '
@@ -377,7 +371,7 @@ def main_model(quick: bool = False):
         lo, hi = SEARCH_START[name][order]
         d_ok, b_ok, d_over, _ = find_dmax(name, order, lo, hi, probes=7, base=base, calib=calib)
         dtype = 'float64' if name in ('lazy', 'lazy_exact') else 'float32'
-        width = alg_config(name, order, d_ok or lo)[2]
+        width = alg_config(name, order, d_ok or lo)[1]
         print(f'  {name:<12}{dtype:>8}{order:>3}{d_ok if d_ok else "-":>11}{width:>11}'
               f'{common.fmt_bytes(b_ok) if b_ok else "-":>11}{d_over if d_over else "-":>11}', flush=True)
   print(f'memory_model measured/predicted peak RSS (worst of the validation runs) ratio={worst:.2f}', flush=True)
@@ -385,46 +379,54 @@ def main_model(quick: bool = False):
 
 
 def main_largest(quick: bool = False):
-  """Model estimate of every shipped config's largest program; the largest one measured."""
+  """Model estimate of every shipped config's largest program; the largest one that fits measured,
+  and configs/default.py's."""
   common.header('memory_bench (largest shipped program)', quick)
-  import jax  # noqa: PLC0415
-  jax.config.update('jax_enable_x64', True)
   base = measure_base()
-  print('  shipped configs, largest program per algorithm (top width bucket at the largest d, all seeds):')
+  print(f'  base RSS: {common.fmt_bytes(base)}')
+  print('  shipped configs, largest program per algorithm (by the pre-flight estimate; model = base + '
+        'program; check est. = planner.program_bytes, no base):')
   preds = []
-  for e in largest_default_programs():
+  for e in largest_programs():
     try:
-      mb = default_program_bytes(e)
+      c = one_program_config(*e)
+      prog = only_program(c)
+      mb = program_model(c, prog)
     except Exception as ex:  # noqa: BLE001 - report, do not stop the table
       print(f'    {e[0]} {e[1]}: not estimated ({type(ex).__name__}: {str(ex)[:120]})')
       continue
-    mb['check'] = check_estimate(e[1], mb['config'], e[3], mb['bucket'], mb['runs'])
-    preds.append((base + mb['total_no_base'], e, mb))
-    chk = f', check est. {common.fmt_bytes(mb["check"])}' if mb['check'] is not None else ''
-    print(f'    {e[0]:<24}{e[1]:<12} l={e[2]} d={e[3]:<6} widths {str(e[4]):<20} runs {mb["runs"]:<4}'
-          f' predicted {common.fmt_bytes(base + mb["total_no_base"])}{chk}', flush=True)
+    mb['check'] = check_estimate(c, prog)
+    pred = base + mb['total_no_base']
+    widths = f'{e[3][0]}-{e[3][-1]}({len(e[3])})' if len(e[3]) > 1 else str(e[3][0])
+    mb['what'] = f'{e[0]} {prog.name}{prog.tag} l={prog.task.order} d={e[2]} widths={widths} runs={mb["runs"]}'
+    preds.append((pred, e, mb))
+    print(f'    {e[0]:<22}{prog.name + prog.tag:<28} l={prog.task.order} d={e[2]:<5} widths {widths:<13} '
+          f'runs {mb["runs"]:<4} model {common.fmt_bytes(pred):>9} (device {common.fmt_bytes(mb["device_peak"])} '
+          f'{mb["peak_fn"]}), check est. {common.fmt_bytes(mb["check"])}', flush=True)
   limit = 0.8 * available_bytes()
   fits = [p for p in preds if p[0] <= limit]
   largest = max(preds, key=lambda p: p[0])
   if largest not in fits:
-    e, mb = largest[1], largest[2]
-    print(f'  the largest, {e[0]} {e[1]} (predicted {common.fmt_bytes(largest[0])}), does not fit this machine '
-          f'(80% of MemAvailable = {common.fmt_bytes(limit)}): measured instead the largest that fits')
-  to_measure = [max(fits, key=lambda p: p[0])]
+    print(f'  the largest, {largest[1][0]} {largest[1][1]} (model {common.fmt_bytes(largest[0])}), does not fit this '
+          f'machine (80% of MemAvailable = {common.fmt_bytes(limit)}): measured instead the largest that fits')
   default = [p for p in fits if p[1][0] == 'default.py']
+  to_measure = [] if quick else [max(fits, key=lambda p: p[0])]
   if default and max(default, key=lambda p: p[0]) not in to_measure:
     to_measure.append(max(default, key=lambda p: p[0]))
   worst = 0.0
   for pred, e, mb in to_measure:
-    meas = common.run_json_subprocess('benchmarks.memory_bench', ['--measure-default', json.dumps(
-        [e[0], e[1], e[3], list(e[4])])], timeout=1200)['peak_rss']
-    tag = 'largest_default_program' if e[0] != 'default.py' or len(to_measure) == 1 else 'default_py_program'
-    chk = (f' check_est={common.fmt_bytes(mb["check"])} (vs measured-base {common.fmt_bytes(meas - base)})'
-           if mb['check'] is not None else '')
-    print(f'{tag} {e[0]} {e[1]} l={e[2]} d={e[3]} widths={e[4]} runs={mb["runs"]} '
-          f'measured_peak_rss={common.fmt_bytes(meas)} predicted={common.fmt_bytes(pred)}{chk} ratio={meas / pred:.2f}',
-          flush=True)
+    meas = common.run_json_subprocess('benchmarks.memory_bench', ['--measure-default', json.dumps(list(e))],
+                                      env=CHILD_ENV, timeout=1200)['peak_rss']
+    tag = 'default_py_program' if e[0] == 'default.py' and (quick or len(to_measure) > 1) else 'largest_default_program'
+    what = mb['what']
+    print(f'{tag} {what} measured_peak_rss={common.fmt_bytes(meas)} model={common.fmt_bytes(pred)} '
+          f'ratio={meas / pred:.2f}', flush=True)
     worst = max(worst, meas / pred)
+    if e[0] == 'default.py':
+      est = base + mb['check']
+      print(f'default_py_preflight {what} measured_peak_rss={common.fmt_bytes(meas)} '
+            f'check_est+base={common.fmt_bytes(est)} (check est. {common.fmt_bytes(mb["check"])} vs measured-base '
+            f'{common.fmt_bytes(meas - base)}) ratio={meas / est:.2f}', flush=True)
   return worst
 
 
@@ -442,7 +444,7 @@ if __name__ == '__main__':
   p.add_argument('--part', choices=('model', 'largest'), default='model',
                  help='model: validation and d_max table; largest: the largest shipped program')
   p.add_argument('--measure', help='internal: JSON [name, order, d, runs]; prints peak RSS as JSON')
-  p.add_argument('--measure-default', help='internal: JSON [config file, algorithm, d, widths]')
+  p.add_argument('--measure-default', help='internal: JSON [config file, algorithm, d, widths, axis values]')
   a = p.parse_args()
   if a.measure:
     _child_measure(a.measure)

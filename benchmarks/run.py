@@ -42,7 +42,8 @@ What each ratio means (RESULTS.md has the goals and the measured numbers):
                              script, the floor timed before and after (goal <= 2.5; full only)
   memory_model               measured / predicted peak RSS (worst validation size)
   largest_default_program    measured / predicted peak RSS of the largest shipped program that fits
-                             the machine (full only); default_py_program: the same for configs/default.py
+                             the machine (full only); default_py_program: the same for configs/default.py;
+                             default_py_preflight: its measured peak / the library's pre-flight estimate + base
 """
 
 import argparse
