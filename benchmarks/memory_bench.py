@@ -130,7 +130,7 @@ def program_inputs(c, prog):
   import jax  # noqa: PLC0415
   from overparam import engine, planner, registry, targets  # noqa: PLC0415
   seeds = [c.seed + s for s in range(c.num_seeds)]
-  runs = sorted({(prog.bucket, s, v) for _, s, v in prog.cells(seeds)}) if prog.one else prog.cells(seeds)
+  runs = planner.program_runs(prog, prog.cells(seeds))
   n_total = engine.padded_runs(len(runs), engine.run_mesh().size)
   alg = engine.pad_runs(planner.run_algorithm(prog, runs), n_total)
   scale_free = all(registry.flag(a, 'scale_free') for a in c.algorithms)
@@ -182,14 +182,10 @@ def program_model(c, prog) -> dict:
 
 
 def check_estimate(c, prog) -> int:
-  """The library's pre-flight estimate of one program (planner.check_memory's arithmetic, not its
+  """The library's pre-flight estimate of one program (what planner.check_memory compares, not its
   refusal)."""
-  import jax  # noqa: PLC0415
   from overparam import planner  # noqa: PLC0415
-  devices = jax.local_devices()
-  share = 1 if devices[0].platform == 'cpu' else len(devices)
-  runs = math.ceil(planner.runs_of(prog, c.num_seeds) / share)
-  return int(planner.program_bytes(prog, runs, 8 if c.x64 else 4))
+  return int(planner.device_need(c, prog)[1])
 
 
 def model_bytes(name: str, order: int, dim: int, runs: int = 1) -> dict:

@@ -167,7 +167,7 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     scales = ({s: targets.target_scale(t, prog.task.order) for s, t in seed_targets.items()}
               if prog.spec.scale_free else {s: 1.0 for s in seed_targets})
     fitted = {s: targets.scaled_target(t, scales[s]) for s, t in seed_targets.items()}
-    runs = sorted({(prog.bucket, s, v) for _, s, v in cells}) if prog.one else cells  # one program: a run per seed
+    runs = planner.program_runs(prog, cells)
     alg = planner.run_algorithm(prog, runs)
     ckpt = os.path.join(wd.ckpt_dir, prog.checkpoint_name)
     data = planner.run_data(prog, runs, fitted)

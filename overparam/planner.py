@@ -193,19 +193,29 @@ def runs_of(prog: Program, num_seeds: int) -> int:
   return per * num_seeds * len(prog.run_values)
 
 
-def check_memory(c, programs: Sequence[Program], limit_bytes: int = 0):
-  """Raises ConfigError naming the sizes if any program of the sweep will not fit.
+def program_runs(prog: Program, cells):
+  """The runs the engine gets for `cells`: the cells, or for a one-program algorithm one run per
+  (seed, value) at the bucket width (its widths are read off that one run)."""
+  return sorted({(prog.bucket, s, v) for _, s, v in cells}) if prog.one else cells
 
-  limit_bytes > 0 (or config.memory_gb > 0) replaces the detected free memory of one device. On a
-  CPU every local device shares the host's memory, so a program's runs all count against it.
-  """
-  limit = limit_bytes or (int(c.memory_gb * 2 ** 30) if c.memory_gb > 0 else memory.available_bytes())
+
+def device_need(c, prog: Program):
+  """(runs per device, bytes) of one program as check_memory counts them: on a CPU every local device
+  shares the host's memory, so all of a program's runs count against it."""
   devices = jax.local_devices()
   share = 1 if devices[0].platform == 'cpu' else len(devices)
-  dtype_bytes = 8 if c.x64 else 4
+  runs = math.ceil(runs_of(prog, c.num_seeds) / share)
+  return runs, program_bytes(prog, runs, 8 if c.x64 else 4)
+
+
+def check_memory(c, programs: Sequence[Program], limit_bytes: int = 0):
+  """Raises ConfigError naming the sizes if any program of the sweep will not fit (device_need).
+
+  limit_bytes > 0 (or config.memory_gb > 0) replaces the detected free memory of one device.
+  """
+  limit = limit_bytes or (int(c.memory_gb * 2 ** 30) if c.memory_gb > 0 else memory.available_bytes())
   for prog in programs:
-    runs = math.ceil(runs_of(prog, c.num_seeds) / share)
-    need = program_bytes(prog, runs, dtype_bytes)
+    runs, need = device_need(c, prog)
     if need > limit:
       detail = prog.spec.memory_detail
       what = f', {detail(prog.algs[0], prog.task, prog.built_dim, prog.bucket)}' if detail else ''
