@@ -36,6 +36,9 @@ def run(config: Union[ml_collections.ConfigDict, str], workdir: str, *,
 
   config: a ConfigDict (e.g. from load_config) or a config file spec 'configs/X.py[:variant]'.
   compilation_cache: the persistent compilation cache (overparam/compile_cache.py), process-wide.
+    While it is on, the sweep also drops JAX's in-memory compilation caches after each program
+    (jax.clear_caches, process-wide; memory.release_free_heap): the caller's jitted functions
+    then reload from the persistent cache on their next call.
   figures: False skips drawing WORKDIR/figures/ (`launch.py --plot_only` draws them later).
   Raises ConfigError, TargetError or WorkdirError as the launcher would report them.
   """

@@ -49,6 +49,11 @@ def define_flag():
   return flags.DEFINE_bool('compilation_cache', True, FLAG_HELP)
 
 
+def is_on() -> bool:
+  """Whether JAX's persistent compilation cache is on in this process (a directory and the switch)."""
+  return bool(jax.config.jax_compilation_cache_dir) and bool(jax.config.jax_enable_compilation_cache)
+
+
 def configure(enabled: bool = True, path: Optional[str] = None) -> Optional[str]:
   """Turns the persistent cache on (at `path`; default: the directory JAX already has configured,
   else default_dir()) or off, for this process. Returns the directory in use, or None when off.

@@ -18,7 +18,8 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from overparam import analysis, config_lib, core, distributed, engine, planner, plots, registry, results, rows, targets
+from overparam import (analysis, compile_cache, config_lib, core, distributed, engine, memory, planner, plots,
+                       registry, results, rows, targets)
 
 # Rounds of continuing runs that the in-loop test stopped as converged but whose float64 rel_error
 # is >= eps, each with a tighter in-loop threshold; a run still unconfirmed is reported 'unconfirmed'.
@@ -194,6 +195,10 @@ def _run_programs(c, wd, fp, seeds, programs, all_targets, is_writer, on_chunk, 
     end()
     out_rows.extend(new)
     logging.info('%s: %d runs in %.1fs', prog.label, len(cells), out.wall_s)
+    del out, data, alg, fitted
+    # the next program's peak then starts from the sweep's live set, not from what this one left;
+    # compiled programs are dropped only when the persistent cache makes reloading them cheap
+    memory.release_free_heap(clear_compiled=compile_cache.is_on())
   summary = analysis.summarize(out_rows, c.eps)
   if is_writer:
     wd.remove_checkpoints([p.checkpoint_name for p in programs])  # every program is finished

@@ -7,6 +7,8 @@ peak resident memory. The planner (overparam/planner.py) checks every program of
 free memory before anything is allocated; overparam.fit and decompose check their one program.
 """
 
+import ctypes
+import ctypes.util
 import functools
 import math
 import os
@@ -35,6 +37,28 @@ def available_bytes() -> int:
   except OSError:
     pass
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def release_free_heap(clear_compiled: bool = False) -> bool:
+  """Returns the memory a finished program left behind, between the programs of a sweep.
+
+  clear_compiled: also drop JAX's in-memory compilation and tracing caches (jax.clear_caches,
+  process-wide): every new shape leaves executables and traces there (about 0.05 GiB per d of the
+  default job); the next use of a dropped program reloads it (from the persistent cache when on).
+  Then glibc's malloc_trim(0) hands the freed heap back to the OS, which glibc otherwise keeps.
+  Together they make a sweep's peak its largest program rather than that plus what earlier ones
+  left (measured on the default job: 1.60 -> 1.40 GiB, benchmarks/RESULTS.md section 6).
+  Returns False where the C library has no malloc_trim (non-glibc systems; nothing is trimmed).
+  """
+  if clear_compiled:
+    jax.clear_caches()
+  try:
+    trim = ctypes.CDLL(ctypes.util.find_library('c')).malloc_trim
+  except (OSError, AttributeError, TypeError):
+    return False
+  trim.argtypes = [ctypes.c_size_t]
+  trim(0)
+  return True
 
 
 def params_per_component(parametrization: str, dim: int) -> int:

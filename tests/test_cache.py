@@ -1,5 +1,7 @@
 """Compiled programs reused: the persistent compilation cache and the fused finish program change no number."""
 
+import ctypes
+import ctypes.util
 import json
 import os
 import subprocess
@@ -9,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from overparam import compile_cache, config_lib, engine, planner, targets
+from overparam import compile_cache, config_lib, engine, memory, planner, targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +25,29 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
   assert compile_cache.default_dir() == str(tmp_path / 'xdg' / 'overparam' / 'jax')
   monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'env'))
   assert compile_cache.default_dir() == str(tmp_path / 'env')
+
+
+def test_is_on_follows_configure(tmp_path):
+  was_on, before = compile_cache.is_on(), jax.config.jax_compilation_cache_dir
+  try:
+    assert compile_cache.configure(True, str(tmp_path / 'c')) == str(tmp_path / 'c')
+    assert compile_cache.is_on()
+    assert compile_cache.configure(False) is None
+    assert not compile_cache.is_on()
+  finally:
+    compile_cache.configure(was_on, before or None)  # this process's setting, for the tests after
+
+
+def test_release_free_heap_drops_compiled_programs_only_when_asked():
+  f = jax.jit(lambda x: x * 2.0 + 1.0)
+  f(np.ones(3))
+  assert f._cache_size() == 1
+  has_trim = hasattr(ctypes.CDLL(ctypes.util.find_library('c')), 'malloc_trim')  # glibc's
+  assert memory.release_free_heap() == has_trim
+  assert f._cache_size() == 1  # kept: the sweep drops compiled programs only with the persistent cache on
+  memory.release_free_heap(clear_compiled=True)
+  assert f._cache_size() == 0
+  np.testing.assert_array_equal(f(np.ones(3)), 3.0)  # recompiled on next use
 
 
 def _tiny(alg, **overrides):
