@@ -51,6 +51,11 @@ def machine() -> str:
   return out
 
 
+def loadavg() -> str:
+  """The 1/5/15-minute load averages as '0.12/0.34/0.56' (printed beside a timing)."""
+  return '/'.join(f'{x:.2f}' for x in os.getloadavg())
+
+
 def header(name: str, quick: bool):
   print(f'# {name} ({"quick" if quick else "full"}) {datetime.datetime.now().isoformat(timespec="seconds")}; '
         f'{machine()}', flush=True)

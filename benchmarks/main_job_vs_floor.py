@@ -54,10 +54,6 @@ QUICK_M_STAR = {'lazy_exact': {6: 11, 8: 16}, 'beyond_lazy': {6: 3, 8: 3}}  # gd
 EVENTS = common.EVENTS
 
 
-def loadavg() -> str:
-  return '/'.join(f'{x:.2f}' for x in os.getloadavg())
-
-
 # ------------------------------------------------------------------------------------------------
 # The floor
 
@@ -114,14 +110,14 @@ def main(quick: bool, job_env=None):
   config = 'configs/default.py:quick' if quick else 'configs/default.py'
   tmp = tempfile.mkdtemp(prefix='main_job_vs_floor_')
   try:
-    load0 = loadavg()
+    load0 = common.loadavg()
     floors = {t: floor(quick, t) for t in (1, None)}
     best_t = min(floors, key=lambda t: floors[t]['total'])
-    load1 = loadavg()
+    load1 = common.loadavg()
     wall, rss = launch(config, os.path.join(tmp, 'wd'), os.path.join(tmp, 'cache'), job_env)
-    load2 = loadavg()
+    load2 = common.loadavg()
     after = floor(quick, best_t)  # again, with the faster thread setting: the load drifts
-    load3 = loadavg()
+    load3 = common.loadavg()
     ms = m_stars(os.path.join(tmp, 'wd'))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -206,7 +202,7 @@ def profile(quick: bool, root: str = ''):
   out_path = os.path.join(tmp, 'profile.json')
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, 'cache'))
   env['PYTHONPATH'] = root + os.pathsep + env.get('PYTHONPATH', '')  # its overparam, launch.py
-  load0 = loadavg()
+  load0 = common.loadavg()
   t0 = time.time()
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--profile-child', config,
                          os.path.join(tmp, 'wd'), out_path], cwd=root, env=env, capture_output=True, text=True)
@@ -220,7 +216,7 @@ def profile(quick: bool, root: str = ''):
   spans, events = p['spans'], p['events']
   programs = [e for e in events if e[0] == 'program']
   print(f'  {root}: {config}, wall {wall:.1f}s (process {p["t_end"] - p["t_start"]:.1f}s in-process), '
-        f'CPU {p["cpu"]:.1f}s, peak RSS {common.fmt_bytes(p["peak_rss"])}, load {load0} -> {loadavg()}')
+        f'CPU {p["cpu"]:.1f}s, peak RSS {common.fmt_bytes(p["peak_rss"])}, load {load0} -> {common.loadavg()}')
   print(f'  {"program":<44}{"wall":>7}{"compile":>9}{"(XLA)":>7}{"exec":>7}{"cpu":>7}{"host":>7}{"rss":>10}')
   tot = {'wall': 0.0, 'compile': 0.0, 'backend': 0.0, 'exec': 0.0, 'host': 0.0}
   prev_end = None

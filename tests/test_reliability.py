@@ -128,10 +128,13 @@ def test_bad_target_file_on_the_command_line(tmp_path, content, match):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(tmp_path):
-  """A SIGKILL at a random moment, one while finishing and one of --plot_only, then re-runs: one line
-  per cell, equal to an unbroken run; every figure a complete PNG after the kill."""
+  """A SIGKILL at a random moment and one of --plot_only, then re-runs: one line per cell, equal to an
+  unbroken run; every figure a complete PNG after the kill. (The kill while finishing is
+  test_workdir.py::test_kill_while_finishing_resumes_without_recomputing, in-process, at the worst
+  moment; the atomic writes under SIGKILL are test_store.py's; `python -m tools.kill_resume` runs
+  every kind of trial, many times.)"""
   from tools import kill_resume  # noqa: PLC0415 - subprocess-heavy, only this test needs it
-  assert kill_resume.main(trials=1, kills=1, seed=1, finish_trials=1, plot_trials=1) == 0
+  assert kill_resume.main(trials=1, kills=1, seed=1, plot_trials=1) == 0
 
 
 def test_config_json_records_versions(tmp_path):

@@ -290,7 +290,13 @@ def test_sigint_says_resume_and_exits_130(tmp_path):
   wd = str(tmp_path / 'wd')
   # A tiny step keeps every run live for 10^6 steps; the signal is sent once the program is running
   # (its first progress line), however fast this machine or a warm compilation cache makes the start.
-  p = launch(wd, '--config.steps=1000000', '--config.chunk_steps=20', '--config.lr=1e-6', '--verbose')
+  # Ctrl-C from a terminal reaches a launch whose SIGINT has its default action; a suite started as a
+  # background job (`cmd &`) inherits SIGINT ignored, which exec keeps, so the launch gets a default here.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    p = launch(wd, '--config.steps=1000000', '--config.chunk_steps=20', '--config.lr=1e-6', '--verbose')
+  finally:
+    signal.signal(signal.SIGINT, before)
   seen = []
   for line in p.stderr:
     seen.append(line)
