@@ -6,6 +6,7 @@ the lazy GD; padding; the memory refusal; the alpha cell axis and the summary th
 """
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -362,16 +363,22 @@ def test_prefix_min_norm_matches_numpy_pinv():
       assert np.all(np.asarray(xs[q])[w * k:] == 0)
 
 
-def _qr_prefixes(j, k, widths, b, tau, slots):
-  """lstsq.rotate_components + qr_components + solve_prefixes on J (n, m k) as LazyExact's 'qr' grid
-  kernel calls them: (ranks, x (G, m k), overflow)."""
+@functools.partial(jax.jit, static_argnums=(1, 2, 5))
+def _qr_kernel(j, k, widths, b, tau, slots):
   n, cols = j.shape
   m = cols // k
-  rot, vec, keep = lstsq.rotate_components(jnp.asarray(j.T.reshape(m, k, n)), tau)
+  rot, vec, keep = lstsq.rotate_components(j.T.reshape(m, k, n), tau)
   keep = jnp.concatenate([keep.reshape(-1), jnp.zeros((slots,), bool)])
-  r, perm, pos, piv, overflow = lstsq.qr_components(rot.reshape(cols, n), keep, jnp.asarray(b), cols, tau, cols)
+  r, perm, pos, piv, overflow = lstsq.qr_components(rot.reshape(cols, n), keep, b, cols, tau, cols)
   ranks, y = lstsq.solve_prefixes(r, perm, pos, piv, keep, widths, cols, k)
   x = jnp.einsum('bkj,bjg->gbk', vec, y[:cols].reshape(m, k, -1)).reshape(len(widths), cols)
+  return ranks, x, overflow
+
+
+def _qr_prefixes(j, k, widths, b, tau, slots):
+  """lstsq.rotate_components + qr_components + solve_prefixes on J (n, m k) as LazyExact's 'qr' grid
+  kernel calls them, in one jitted program as the engine runs them: (ranks, x (G, m k), overflow)."""
+  ranks, x, overflow = _qr_kernel(jnp.asarray(j), k, tuple(widths), jnp.asarray(b), tau, slots)
   return np.asarray(ranks), np.asarray(x), bool(overflow)
 
 
