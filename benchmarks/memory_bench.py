@@ -58,7 +58,6 @@ and of configs/default.py's largest against the pre-flight estimate plus the bas
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -273,10 +272,8 @@ SEARCH_START = {
 
 
 def shipped_config(fname: str):
-  spec = importlib.util.spec_from_file_location(f'cfg_{fname[:-3]}', os.path.join(common.ROOT, 'configs', fname))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  import overparam  # noqa: PLC0415 - as every overparam import here: after the child's environment is set
+  return overparam.load_config(os.path.join(common.ROOT, 'configs', fname))
 
 
 def one_program_config(fname: str, alg: str, dim: int, widths, values):

@@ -38,8 +38,8 @@ every figure) in ~15 s, used by the tests and benchmarks. It gives lazy_exact m*
 beyond_lazy m* = 3, 3 as the main job does; gd's m* at d = 8 needs more than 2 seeds.
 
 Expected run time: 59 s and 1.40 GiB peak RSS, measured on 2 CPU cores from an empty compilation
-cache (load average 1.6 at the start; benchmarks/main_job_vs_floor.py, 2026-12-07): in-process
-profile lazy_exact 2.1, 2.2, 2.9, 4.1, 9.0 and 21.5 s at d = 6 .. 32 (one LAPACK QR per seed and d;
+cache (load average 1.6 at the start; `python -m benchmarks.main_job_vs_floor`, 2026-12-07); its
+`--profile`: lazy_exact 2.1, 2.2, 2.9, 4.1, 9.0 and 21.5 s at d = 6 .. 32 (one LAPACK QR per seed and d;
 ~2 s of each is its compilation), the 12 gd and beyond_lazy programs ~5 s in all (2 of them
 compiled), the rest is start-up, targets and figures. The LAPACK floor of the lazy_exact work
 (numpy's QR of the same Jacobian shapes) took 24.1 s in the same script: the job is 2.44x its floor.

@@ -8,7 +8,6 @@ free memory before anything is allocated; overparam.fit and decompose check thei
 """
 
 import ctypes
-import ctypes.util
 import functools
 import math
 import os
@@ -39,6 +38,17 @@ def available_bytes() -> int:
   return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+  """glibc's malloc_trim from the running process's own symbols (no library search), or None."""
+  try:
+    trim = ctypes.CDLL(None).malloc_trim
+  except (OSError, AttributeError):
+    return None
+  trim.argtypes = [ctypes.c_size_t]
+  return trim
+
+
 def release_free_heap(clear_compiled: bool = False) -> bool:
   """Returns the memory a finished program left behind, between the programs of a sweep.
 
@@ -52,11 +62,9 @@ def release_free_heap(clear_compiled: bool = False) -> bool:
   """
   if clear_compiled:
     jax.clear_caches()
-  try:
-    trim = ctypes.CDLL(ctypes.util.find_library('c')).malloc_trim
-  except (OSError, AttributeError, TypeError):
+  trim = _malloc_trim()
+  if trim is None:
     return False
-  trim.argtypes = [ctypes.c_size_t]
   trim(0)
   return True
 
