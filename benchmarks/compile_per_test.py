@@ -2,8 +2,9 @@ r"""A pytest plugin: XLA compile seconds and compiled programs per test, summed 
 
   python -m pytest -q -n auto --maxprocesses=4 -m "not slow" -p benchmarks.compile_per_test tests
 
-At the end it prints the total backend (XLA) compile seconds, the number of programs compiled, and
-the 25 tests that compiled the longest (seconds, programs, test). Under pytest-xdist every worker
+At the end it prints the total backend (XLA) compile seconds, the number of programs compiled, the
+seconds spent tracing to jaxprs and lowering to MLIR, and the 25 tests that compiled the longest
+(compile seconds, programs, trace and lowering seconds, test). Under pytest-xdist every worker
 writes its counts to a temporary folder and the controller adds them up. Only compiles made in the
 test processes count (a test's launches are other processes). Used for benchmarks/RESULTS.md
 section 12: where the quick loop's time goes.
@@ -18,16 +19,24 @@ import jax
 import pytest
 
 EVENT = '/jax/core/compile/backend_compile_duration'
+TRACE = '/jax/core/compile/jaxpr_trace_duration'
+LOWER = '/jax/core/compile/jaxpr_to_mlir_module_duration'
 TOP = 25
 _current = {'test': None}
-_totals = collections.defaultdict(lambda: [0.0, 0])  # test -> [seconds, programs]
+_totals = collections.defaultdict(lambda: [0.0, 0, 0.0, 0.0])  # test -> [compile s, programs, trace s, lower s]
 
 
 def _on_duration(event, duration, **_):
-  if event == EVENT and _current['test']:
-    t = _totals[_current['test']]
+  if not _current['test']:
+    return
+  t = _totals[_current['test']]
+  if event == EVENT:
     t[0] += duration
     t[1] += 1
+  elif event == TRACE:
+    t[2] += duration
+  elif event == LOWER:
+    t[3] += duration
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
@@ -74,8 +83,11 @@ def pytest_sessionfinish(session):
   os.rmdir(folder)
   total = sum(v[0] for v in merged.values())
   programs = sum(v[1] for v in merged.values())
+  trace = sum(v[2] for v in merged.values())
+  lower = sum(v[3] for v in merged.values())
   lines = [f'\ncompile_per_test: XLA backend compile {total:.1f}s, {programs} programs, '
-           f'in {len(merged)} tests that compiled']
-  for test, (sec, n) in sorted(merged.items(), key=lambda kv: -kv[1][0])[:TOP]:
-    lines.append(f'  {sec:6.2f}s {n:5d}  {test}')
+           f'in {len(merged)} tests that compiled; tracing {trace:.1f}s, lowering to MLIR {lower:.1f}s',
+           '  compile programs  trace  lower  test']
+  for test, (sec, n, tr, lo) in sorted(merged.items(), key=lambda kv: -kv[1][0])[:TOP]:
+    lines.append(f'  {sec:6.2f}s {n:5d}  {tr:5.2f}s {lo:5.2f}s  {test}')
   print('\n'.join(lines), flush=True)

@@ -1,17 +1,20 @@
-"""Test-session setup: XLA's CPU backend at optimization level 0 (below), float64 available
+"""Test-session setup: XLA's CPU backend tuned to compile fast (below), float64 available
 everywhere (the library passes dtypes explicitly), and the `slow` marker: the README's command with
 `-m "not slow"` is the quick loop (the math and store tests); without it, everything."""
 
 import os
 
 # Before jax starts its backend, and inherited by every launch a test starts: XLA's CPU backend
-# (LLVM) at optimization level 0. The tests' programs are small, so compiling them is most of the
-# suite's time; the HLO, and so the math and its run-to-run determinism, is the same at any level.
-# Measured from an empty compilation cache on 2 cores (benchmarks/test_loop.py, RESULTS section
-# 12). An optimization level already in XLA_FLAGS is kept: XLA_FLAGS=--xla_backend_optimization_level=3
-# (XLA's default) tests the machine code users run.
-if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip()
+# compiles at LLVM optimization level 0 and with its classic (LLVM IR) fusion emitters instead of
+# the newer MLIR ones. The tests' programs are small, so compiling them is most of the suite's time
+# (each flag roughly halves it); the HLO, and so the math and its run-to-run determinism, is the
+# same either way. Measured from an empty compilation cache on 2 cores (benchmarks/test_loop.py,
+# RESULTS section 12). A flag already in XLA_FLAGS is kept: XLA_FLAGS="--xla_backend_optimization_level=3
+# --xla_cpu_use_fusion_emitters=true" (XLA's defaults) tests the machine code users run.
+TEST_XLA_FLAGS = {'--xla_backend_optimization_level': '0', '--xla_cpu_use_fusion_emitters': 'false'}
+for _flag, _value in TEST_XLA_FLAGS.items():
+  if _flag not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}={_value}".strip()
 
 import jax  # noqa: E402 - after XLA_FLAGS
 

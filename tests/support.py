@@ -47,6 +47,14 @@ CLI = ['--config=configs/default.py', '--config.x64=False', '--config.dims=(6,)'
        '--config.num_seeds=3', '--config.steps=90', '--config.chunk_steps=30']
 
 
+def default_fusion_emitters(env):
+  """`env` with XLA:CPU's default (MLIR) fusion emitters, which tests/conftest.py turns off to compile
+  faster. For launches that test a bit-identity that depends on code generation: float64 rows across
+  device counts (BUILD.md) are identical with those emitters, not with the classic ones."""
+  flags = [f for f in env.get('XLA_FLAGS', '').split() if not f.startswith('--xla_cpu_use_fusion_emitters')]
+  return dict(env, XLA_FLAGS=' '.join(flags + ['--xla_cpu_use_fusion_emitters=true']))
+
+
 def launch(workdir, *extra, env=None, **kw):
   e = dict(os.environ, JAX_PLATFORMS='cpu', **(env or {}))
   # gd only, unless the test picks its own algorithms
